@@ -1,0 +1,187 @@
+//! The one place errors become HTTP: stable snake_case codes, messages that say what to fix,
+//! and 5xx replies that never carry internal text.
+
+use crate::domain::Invalid;
+use crate::store::{RowErrors, StoreError};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("missing or unknown API key")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("some rows are invalid")]
+    InvalidRows(RowErrors),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A download token that is forged, malformed or expired (SPEC V3).
+    #[error("{0}")]
+    DownloadDenied(String),
+    #[error("the server is not ready: {0}")]
+    Unavailable(String),
+    /// Logged with its detail; the caller sees only a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// The JSON body of every error reply (DESIGN §10).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable, snake_case; clients branch on it.
+    pub code: &'static str,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// The input field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `invalid_rows`: the first rows at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<crate::store::RowError>>,
+    /// For `invalid_rows`: how many rows are at fault in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid { .. } => "invalid_input",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::InvalidRows(_) => "invalid_rows",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::DownloadDenied(_) => "download_denied",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+            field: None,
+            rows: None,
+            total: None,
+        };
+        match self {
+            ApiError::Invalid { field, message } => {
+                body.field = Some(field.clone());
+                body.message = format!("{field}: {message}");
+            }
+            ApiError::InvalidRows(errs) => {
+                body.message = format!(
+                    "{} rows are invalid; nothing was written. Fix the rows listed and send the whole input again",
+                    errs.total
+                );
+                body.rows = Some(errs.rows.clone());
+                body.total = Some(errs.total);
+            }
+            ApiError::Internal(_) => {
+                body.message = "internal error; the server log has the details".into();
+            }
+            _ => {}
+        }
+        body
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::DownloadDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::InvalidRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthenticated) {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        resp.json(self.body())
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::Invalid {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(what.to_owned()),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Invalid(i) => i.into(),
+            StoreError::InvalidRows(r) => ApiError::InvalidRows(r),
+            StoreError::Database(db) => ApiError::Internal(db.to_string()),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    // SPEC M2
+    #[test]
+    fn internal_errors_never_leak_their_detail() {
+        let e = ApiError::Internal("password=hunter2 at db.example:5432".into());
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = e.error_response().into_body().try_into_bytes().unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("\"code\":\"internal\""), "{text}");
+    }
+
+    // SPEC M2
+    #[test]
+    fn invalid_input_names_the_field() {
+        let e: ApiError = Invalid::new("name", "must be 1 to 64 characters long").into();
+        let body = e.error_response().into_body().try_into_bytes().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "invalid_input");
+        assert_eq!(v["field"], "name");
+        assert!(v["message"].as_str().unwrap().contains("64"));
+    }
+}

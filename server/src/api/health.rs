@@ -1,0 +1,31 @@
+//! Liveness and readiness (SPEC M5).
+
+use super::{ApiError, AppState};
+use actix_web::{get, web, HttpResponse};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(health).service(ready);
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(tag = "health", responses((status = 200, description = "alive")))]
+#[get("/health")]
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers too.
+#[utoipa::path(tag = "health", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+#[get("/ready")]
+async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|_| ApiError::Unavailable("the database does not answer".into()))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(health, ready))]
+pub struct Doc;

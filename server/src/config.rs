@@ -1,0 +1,472 @@
+//! The server's one typed configuration: defaults < `ota.toml` < `OTA_*` env < flags.
+//! Unknown keys are errors; secrets are redacted whenever the config is shown.
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+    #[error("configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub firmware: FirmwareConfig,
+    pub devices: DevicesConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub bind: String,
+    pub port: u16,
+    /// Base URL devices use to download firmware; empty means derived from bind and port.
+    pub public_url: String,
+    /// Largest JSON request body, in bytes.
+    pub max_json_bytes: usize,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; HTTPS is on when both `cert` and `key` are set.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Empty means SQLite at `<data_dir>/ota.db`; `postgres://...` selects PostgreSQL.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirmwareConfig {
+    /// Largest package file, in bytes (SPEC P1).
+    pub max_file_bytes: u64,
+    /// How long a signed download URL stays valid, in seconds (SPEC V3).
+    pub url_ttl_secs: u64,
+    /// HMAC key for download URLs; empty means one is generated and kept in the data dir.
+    pub url_secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Largest device-import body, in bytes (1,000,000 rows fit in the default).
+    pub import_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `ota_server=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            firmware: FirmwareConfig::default(),
+            devices: DevicesConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1".into(),
+            port: 8080,
+            public_url: String::new(),
+            max_json_bytes: 4 * 1024 * 1024,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for FirmwareConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 1024 * 1024 * 1024,
+            url_ttl_secs: 24 * 3600,
+            url_secret: String::new(),
+        }
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            import_max_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Flags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Builds the layered config. `file` is read when given or when `ota.toml` exists in
+    /// the working directory; `env` is the process environment (passed in for tests).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Flags,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let default_file = Path::new("ota.toml");
+        match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                fig = fig.merge(Toml::string(&text));
+            }
+            None if default_file.exists() => fig = fig.merge(Toml::file(default_file)),
+            None => {}
+        }
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("OTA_"))
+            .collect();
+        fig = fig.merge(env_provider(env));
+        let mut overrides = serde_json::Map::new();
+        let mut http = serde_json::Map::new();
+        if let Some(d) = &flags.data_dir {
+            overrides.insert("data_dir".into(), serde_json::json!(d));
+        }
+        if let Some(b) = &flags.bind {
+            http.insert("bind".into(), serde_json::json!(b));
+        }
+        if let Some(p) = flags.port {
+            http.insert("port".into(), serde_json::json!(p));
+        }
+        if !http.is_empty() {
+            overrides.insert("http".into(), serde_json::Value::Object(http));
+        }
+        if let Some(u) = &flags.database_url {
+            overrides.insert("database".into(), serde_json::json!({ "url": u }));
+        }
+        fig = fig.merge(Serialized::defaults(serde_json::Value::Object(overrides)));
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.http.tls.cert.is_empty() != self.http.tls.key.is_empty() {
+            return bad("http.tls.cert and http.tls.key must be set together");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format must be \"text\" or \"json\"");
+        }
+        if self.firmware.url_ttl_secs == 0 {
+            return bad("firmware.url_ttl_secs must be at least 1");
+        }
+        if self.firmware.max_file_bytes == 0 {
+            return bad("firmware.max_file_bytes must be at least 1");
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections must be at least 1");
+        }
+        if !self.database.url.is_empty()
+            && !self.database.url.starts_with("sqlite:")
+            && !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return bad("database.url must start with sqlite: or postgres://");
+        }
+        Ok(())
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        !self.http.tls.cert.is_empty()
+    }
+
+    /// The database URL in force: the configured one, or SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("ota.db").display()
+            )
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// The base of URLs handed to devices.
+    pub fn public_url(&self, bound_port: u16) -> String {
+        if !self.http.public_url.is_empty() {
+            return self.http.public_url.trim_end_matches('/').to_owned();
+        }
+        let scheme = if self.tls_enabled() { "https" } else { "http" };
+        let host = match self.http.bind.as_str() {
+            "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+            h => h,
+        };
+        format!("{scheme}://{host}:{bound_port}")
+    }
+
+    /// The config as TOML with secrets replaced, safe to log or print.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if !c.firmware.url_secret.is_empty() {
+            c.firmware.url_secret = "<redacted>".into();
+        }
+        c.database.url = redact_url_password(&c.database.url);
+        c
+    }
+}
+
+fn env_provider(vars: Vec<(String, String)>) -> Figment {
+    // figment's Env provider reads the real process environment; building the same `__`
+    // nesting from the pairs given keeps `load` testable with any environment.
+    let mut root = serde_json::Map::new();
+    for (k, v) in vars {
+        let path: Vec<String> = k["OTA_".len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        let value = parse_env_value(&v);
+        insert_path(&mut root, &path, value);
+    }
+    Figment::from(Serialized::defaults(serde_json::Value::Object(root)))
+}
+
+fn parse_env_value(v: &str) -> serde_json::Value {
+    if let Ok(n) = v.parse::<u64>() {
+        return serde_json::json!(n);
+    }
+    match v {
+        "true" => serde_json::Value::Bool(true),
+        "false" => serde_json::Value::Bool(false),
+        _ => serde_json::Value::String(v.to_owned()),
+    }
+}
+
+fn insert_path(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    path: &[String],
+    value: serde_json::Value,
+) {
+    match path {
+        [] => {}
+        [last] => {
+            map.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = map
+                .entry(first.clone())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !entry.is_object() {
+                *entry = serde_json::Value::Object(Default::default());
+            }
+            if let serde_json::Value::Object(inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    // scheme://user:password@host -> scheme://user:<redacted>@host
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else {
+        return url.to_owned();
+    };
+    let creds = &rest[..at];
+    match creds.find(':') {
+        Some(colon) => format!(
+            "{}://{}:<redacted>{}",
+            &url[..scheme_end],
+            &creds[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// The commented default configuration file printed by `ota-server config print-default`.
+pub const DEFAULT_TOML: &str = r#"# ota-server configuration. Every key is optional; these are the defaults.
+# Layers, later wins: these defaults < this file (ota.toml or --config) < OTA_* environment
+# variables (OTA_HTTP__PORT=9000, OTA_DATABASE__URL=postgres://...) < command-line flags.
+# Unknown keys are errors.
+
+# Where the SQLite database, firmware files and the generated URL secret live.
+data_dir = "./data"
+
+[http]
+# Address and port of the HTTP API and firmware downloads.
+bind = "127.0.0.1"
+port = 8080
+# Base URL devices download firmware from; empty means http(s)://<bind>:<port>.
+public_url = ""
+# Largest JSON request body, in bytes.
+max_json_bytes = 4194304
+
+[http.tls]
+# PEM certificate chain and private key; HTTPS is served when both are set.
+cert = ""
+key = ""
+
+[database]
+# Empty means SQLite at <data_dir>/ota.db (WAL mode); postgres://user@host/db selects PostgreSQL.
+url = ""
+max_connections = 8
+
+[firmware]
+# Largest package file, in bytes.
+max_file_bytes = 1073741824
+# Lifetime of a signed download URL, in seconds.
+url_ttl_secs = 86400
+# HMAC key for download URLs; empty means one is generated once and kept in the data dir.
+url_secret = ""
+
+[devices]
+# Largest body of a device import (CSV or JSON), in bytes.
+import_max_bytes = 536870912
+
+[log]
+# tracing filter, e.g. "info" or "ota_server=debug,info".
+level = "info"
+# "text" or "json".
+format = "text"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn printed_default_file_is_exactly_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ota.toml");
+        std::fs::write(
+            &file,
+            "[http]\nport = 9000\nbind = \"0.0.0.0\"\n[log]\nlevel = \"debug\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&file),
+            env(&[
+                ("OTA_HTTP__PORT", "9100"),
+                ("OTA_DATABASE__URL", "postgres://u:pw@h/db"),
+                ("HOME", "/x"),
+            ]),
+            &Flags {
+                port: Some(9200),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.http.port, 9200, "flag beats env beats file");
+        assert_eq!(cfg.http.bind, "0.0.0.0", "file beats default");
+        assert_eq!(cfg.log.level, "debug");
+        assert_eq!(cfg.database_url(), "postgres://u:pw@h/db");
+        assert_eq!(cfg.redacted().database.url, "postgres://u:<redacted>@h/db");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_in_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ota.toml");
+        std::fs::write(&file, "[http]\nprot = 9000\n").unwrap();
+        let e = Config::load(Some(&file), env(&[]), &Flags::default()).unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
+        let e = Config::load(None, env(&[("OTA_HTTP__PROT", "1")]), &Flags::default()).unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key_together() {
+        let e = Config::load(
+            None,
+            env(&[("OTA_HTTP__TLS__CERT", "/c.pem")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("together"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.firmware.url_secret = "s3cr3t".into();
+        let shown = toml::to_string(&c.redacted()).unwrap();
+        assert!(!shown.contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,463 @@
+//! Devices of a product: single and bulk creation, module versions and their history
+//! (SPEC D1, D2). A bulk import runs in one transaction: all rows land or none.
+
+use super::entity::{device, device_module, version_report};
+use super::{
+    is_unique_violation, Page, PageRequest, RowErrors, Store, StoreError, StoreResult,
+    MAX_BIND_PARAMS,
+};
+use crate::clock::Millis;
+use crate::domain::*;
+use rand::RngCore;
+use sea_orm::sea_query::{OnConflict, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use std::collections::HashSet;
+
+pub(crate) fn to_device(m: device::Model) -> Device {
+    Device {
+        id: DeviceId(m.id),
+        tenant_id: TenantId(m.tenant_id),
+        product_id: ProductId(m.product_id),
+        name: DeviceName::from_trusted(m.name),
+        secret: m.secret,
+        online: m.online,
+        activated_at: m.activated_at,
+        last_seen_at: m.last_seen_at,
+        created_at: m.created_at,
+    }
+}
+
+/// 32 lowercase hex characters, like Alibaba device secrets.
+pub fn generate_device_secret() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Rows per INSERT: five bound values each, under every backend's parameter limit.
+const IMPORT_BATCH: usize = MAX_BIND_PARAMS / 5;
+
+impl Store {
+    pub async fn create_device(
+        &self,
+        tenant: TenantId,
+        product: ProductId,
+        new: NewDevice,
+        now: Millis,
+    ) -> StoreResult<Device> {
+        let p = self.get_product(tenant, product).await?;
+        let secret = new
+            .secret
+            .map(DeviceSecret::into_string)
+            .unwrap_or_else(generate_device_secret);
+        let row = device::ActiveModel {
+            tenant_id: Set(tenant.0),
+            product_id: Set(p.id.0),
+            name: Set(new.name.as_str().to_owned()),
+            secret: Set(secret),
+            online: Set(false),
+            activated_at: Set(None),
+            last_seen_at: Set(None),
+            created_at: Set(now),
+            ..Default::default()
+        }
+        .insert(self.db())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "device {:?} exists already in product {}",
+                    new.name.as_str(),
+                    p.id
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(to_device(row))
+    }
+
+    pub async fn get_device(&self, tenant: TenantId, id: DeviceId) -> StoreResult<Device> {
+        device::Entity::find_by_id(id.0)
+            .filter(device::Column::TenantId.eq(tenant.0))
+            .one(self.db())
+            .await?
+            .map(to_device)
+            .ok_or(StoreError::NotFound("device"))
+    }
+
+    pub async fn get_device_by_name(
+        &self,
+        tenant: TenantId,
+        product: ProductId,
+        name: &DeviceName,
+    ) -> StoreResult<Device> {
+        device::Entity::find()
+            .filter(device::Column::TenantId.eq(tenant.0))
+            .filter(device::Column::ProductId.eq(product.0))
+            .filter(device::Column::Name.eq(name.as_str()))
+            .one(self.db())
+            .await?
+            .map(to_device)
+            .ok_or(StoreError::NotFound("device"))
+    }
+
+    pub async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> StoreResult<()> {
+        let res = device::Entity::delete_many()
+            .filter(device::Column::Id.eq(id.0))
+            .filter(device::Column::TenantId.eq(tenant.0))
+            .exec(self.db())
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::NotFound("device"));
+        }
+        Ok(())
+    }
+
+    /// Replaces a device's secret (a generated one when `secret` is `None`).
+    pub async fn reset_device_secret(
+        &self,
+        tenant: TenantId,
+        id: DeviceId,
+        secret: Option<DeviceSecret>,
+    ) -> StoreResult<Device> {
+        let d = self.get_device(tenant, id).await?;
+        let mut active: device::ActiveModel = device::ActiveModel {
+            id: Set(d.id.0),
+            ..Default::default()
+        };
+        active.secret = Set(secret
+            .map(DeviceSecret::into_string)
+            .unwrap_or_else(generate_device_secret));
+        Ok(to_device(active.update(self.db()).await?))
+    }
+
+    /// Starts an all-or-nothing import into `product`.
+    pub async fn begin_device_import(
+        &self,
+        tenant: TenantId,
+        product: ProductId,
+        now: Millis,
+    ) -> StoreResult<DeviceImport> {
+        let p = self.get_product(tenant, product).await?;
+        let txn = self.db().begin().await?;
+        let existing = device::Entity::find()
+            .filter(device::Column::ProductId.eq(p.id.0))
+            .limit(1)
+            .count(&txn)
+            .await?;
+        Ok(DeviceImport {
+            txn,
+            tenant,
+            product: p.id,
+            now,
+            product_was_empty: existing == 0,
+            seen: HashSet::new(),
+            batch: Vec::with_capacity(IMPORT_BATCH),
+            errors: RowErrors::default(),
+            rows: 0,
+            inserted: 0,
+        })
+    }
+
+    /// Records a version report: the module's current version and one history row (SPEC D2).
+    pub async fn record_version_report(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        module: &ModuleName,
+        version: &Version,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let d = self.get_device(tenant, device).await?;
+        let txn = self.db().begin().await?;
+        let known = device_module::Entity::find()
+            .filter(device_module::Column::DeviceId.eq(d.id.0))
+            .count(&txn)
+            .await?;
+        let is_new_module = device_module::Entity::find_by_id((d.id.0, module.as_str().to_owned()))
+            .one(&txn)
+            .await?
+            .is_none();
+        if is_new_module && known as usize >= limits::MAX_MODULES_PER_DEVICE {
+            return Err(StoreError::Invalid(Invalid::new(
+                "module",
+                format!(
+                    "a device may report at most {} modules",
+                    limits::MAX_MODULES_PER_DEVICE
+                ),
+            )));
+        }
+        device_module::Entity::insert(device_module::ActiveModel {
+            device_id: Set(d.id.0),
+            module: Set(module.as_str().to_owned()),
+            tenant_id: Set(tenant.0),
+            product_id: Set(d.product_id.0),
+            version: Set(version.as_str().to_owned()),
+            updated_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                device_module::Column::DeviceId,
+                device_module::Column::Module,
+            ])
+            .update_columns([
+                device_module::Column::Version,
+                device_module::Column::UpdatedAt,
+            ])
+            .to_owned(),
+        )
+        .exec(&txn)
+        .await?;
+        version_report::ActiveModel {
+            tenant_id: Set(tenant.0),
+            device_id: Set(d.id.0),
+            module: Set(module.as_str().to_owned()),
+            version: Set(version.as_str().to_owned()),
+            reported_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn device_modules(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+    ) -> StoreResult<Vec<ModuleVersion>> {
+        let rows = device_module::Entity::find()
+            .filter(device_module::Column::TenantId.eq(tenant.0))
+            .filter(device_module::Column::DeviceId.eq(device.0))
+            .order_by_asc(device_module::Column::Module)
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| ModuleVersion {
+                module: ModuleName::from_trusted(m.module),
+                version: Version::from_trusted(m.version),
+                updated_at: m.updated_at,
+            })
+            .collect())
+    }
+
+    /// The device's version reports, oldest first, optionally for one module.
+    pub async fn version_history(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        module: Option<&ModuleName>,
+        page: PageRequest,
+    ) -> StoreResult<Page<VersionReport>> {
+        self.get_device(tenant, device).await?;
+        let mut q = version_report::Entity::find()
+            .filter(version_report::Column::TenantId.eq(tenant.0))
+            .filter(version_report::Column::DeviceId.eq(device.0))
+            .filter(version_report::Column::Id.gt(page.after));
+        if let Some(m) = module {
+            q = q.filter(version_report::Column::Module.eq(m.as_str()));
+        }
+        let rows = q
+            .order_by_asc(version_report::Column::Id)
+            .limit(page.limit + 1)
+            .all(self.db())
+            .await?;
+        Ok(
+            Page::from_rows(rows, page, |r| r.id).map(|r| VersionReport {
+                id: r.id,
+                module: ModuleName::from_trusted(r.module),
+                version: Version::from_trusted(r.version),
+                reported_at: r.reported_at,
+            }),
+        )
+    }
+}
+
+/// An import in progress: rows go in by batches inside one transaction. Dropping it without
+/// [`DeviceImport::finish`] rolls everything back.
+pub struct DeviceImport {
+    txn: DatabaseTransaction,
+    tenant: TenantId,
+    product: ProductId,
+    now: Millis,
+    product_was_empty: bool,
+    seen: HashSet<String>,
+    batch: Vec<(u64, NewDevice)>,
+    errors: RowErrors,
+    rows: u64,
+    inserted: u64,
+}
+
+/// What a finished import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub imported: u64,
+}
+
+impl DeviceImport {
+    /// Rows taken so far (valid or not).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Notes a row that failed validation before reaching the store.
+    pub fn reject_row(&mut self, row: u64, err: Invalid) {
+        self.rows += 1;
+        self.errors.push(row, err.field, err.message);
+    }
+
+    /// Adds one validated row; `row` is its 1-based number in the input.
+    pub async fn add(&mut self, row: u64, device: NewDevice) -> StoreResult<()> {
+        self.rows += 1;
+        if self.rows > limits::MAX_IMPORT_ROWS as u64 {
+            self.errors.push(
+                row,
+                "rows",
+                format!("an import holds at most {} rows", limits::MAX_IMPORT_ROWS),
+            );
+            return Ok(());
+        }
+        if !self.seen.insert(device.name.as_str().to_owned()) {
+            self.errors.push(
+                row,
+                "name",
+                format!(
+                    "device {:?} appears more than once in this import",
+                    device.name.as_str()
+                ),
+            );
+            return Ok(());
+        }
+        self.batch.push((row, device));
+        if self.batch.len() >= IMPORT_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> StoreResult<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if !self.product_was_empty {
+            let names: Vec<&str> = batch.iter().map(|(_, d)| d.name.as_str()).collect();
+            let existing: HashSet<String> = device::Entity::find()
+                .select_only()
+                .column(device::Column::Name)
+                .filter(device::Column::ProductId.eq(self.product.0))
+                .filter(device::Column::Name.is_in(names))
+                .into_tuple::<String>()
+                .all(&self.txn)
+                .await?
+                .into_iter()
+                .collect();
+            for (row, d) in &batch {
+                if existing.contains(d.name.as_str()) {
+                    self.errors.push(
+                        *row,
+                        "name",
+                        format!(
+                            "device {:?} exists already in this product",
+                            d.name.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        // Once any row failed nothing will be committed, so only validation goes on.
+        if !self.errors.is_empty() {
+            return Ok(());
+        }
+        let mut insert = Query::insert();
+        insert.into_table(device::Entity).columns([
+            device::Column::TenantId,
+            device::Column::ProductId,
+            device::Column::Name,
+            device::Column::Secret,
+            device::Column::CreatedAt,
+        ]);
+        let n = batch.len() as u64;
+        for (_, d) in batch {
+            let secret = d
+                .secret
+                .map(DeviceSecret::into_string)
+                .unwrap_or_else(generate_device_secret);
+            insert
+                .values([
+                    self.tenant.0.into(),
+                    self.product.0.into(),
+                    d.name.into_string().into(),
+                    secret.into(),
+                    self.now.into(),
+                ])
+                .map_err(|e| StoreError::Database(sea_orm::DbErr::Custom(e.to_string())))?;
+        }
+        let stmt = self.txn.get_database_backend().build(&insert);
+        self.txn.execute(stmt).await.map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(
+                    "another import or create added some of these devices at the same time; retry"
+                        .into(),
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        self.inserted += n;
+        Ok(())
+    }
+
+    /// Commits when every row was valid; otherwise rolls back and returns the row errors.
+    pub async fn finish(mut self) -> StoreResult<ImportSummary> {
+        self.flush().await?;
+        if !self.errors.is_empty() {
+            self.txn.rollback().await?;
+            return Err(StoreError::InvalidRows(self.errors));
+        }
+        if self.rows == 0 {
+            self.txn.rollback().await?;
+            return Err(StoreError::Invalid(Invalid::new(
+                "body",
+                "the import holds no device rows",
+            )));
+        }
+        self.txn.commit().await?;
+        Ok(ImportSummary {
+            imported: self.inserted,
+        })
+    }
+}
+
+impl Store {
+    /// A page of `(id, name, secret)` of a product's devices, by id after `after`.
+    pub async fn device_credentials(
+        &self,
+        tenant: TenantId,
+        product: ProductId,
+        after: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<(i64, String, String)>> {
+        Ok(device::Entity::find()
+            .select_only()
+            .columns([
+                device::Column::Id,
+                device::Column::Name,
+                device::Column::Secret,
+            ])
+            .filter(device::Column::TenantId.eq(tenant.0))
+            .filter(device::Column::ProductId.eq(product.0))
+            .filter(device::Column::Id.gt(after))
+            .order_by_asc(device::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(self.db())
+            .await?)
+    }
+}
