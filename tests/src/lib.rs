@@ -1,1 +1,198 @@
+//! End-to-end harness: runs the real `ota-server` binary as a child process on a temp data
+//! directory (SQLite) or a fresh PostgreSQL database, and talks to it over HTTP(S).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The server binary: `OTA_SERVER_BIN`, or the workspace target dir's debug/release build.
+pub fn server_bin(release: bool) -> PathBuf {
+    if let Ok(p) = std::env::var("OTA_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("ota-server")
+}
+
+/// Runs a one-shot CLI command (`tenant create`, `config print-default`, ...).
+pub async fn cli(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.output().await.with_context(|| format!("running {}", bin.display()))?)
+}
+
+/// A running server process; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub bin: PathBuf,
+    pub env: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub struct ServerOptions {
+    pub release: bool,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            release: false,
+            env: vec![],
+            args: vec![],
+        }
+    }
+}
+
+impl Server {
+    /// Starts `ota-server serve --port 0` on a temp data dir and waits until it listens.
+    pub async fn start(opts: ServerOptions) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().to_owned();
+        let bin = server_bin(opts.release);
+        if !bin.exists() {
+            bail!("{} is missing: build it first (cargo build -p ota-server)", bin.display());
+        }
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--port")
+            .arg("0")
+            .args(&opts.args)
+            .arg("serve")
+            .env_remove("RUST_LOG")
+            .env("OTA_LOG__FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1);
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("ota-server listening") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone()).await;
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let line = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .map_err(|_| anyhow!("server did not start in 60 s; log: {:?}", log.lock().unwrap()))?
+            .ok_or_else(|| anyhow!("server exited; log: {:?}", log.lock().unwrap()))?;
+        let line = strip_ansi(&line);
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .ok_or_else(|| anyhow!("no address in {line:?}"))?
+            .to_owned();
+        let scheme = if line.contains("public_url=https") { "https" } else { "http" };
+        Ok(Self {
+            child,
+            base: format!("{scheme}://{addr}"),
+            data_dir,
+            bin,
+            env: opts.env,
+            _dir: Some(dir),
+            log,
+        })
+    }
+
+    /// Creates a tenant through the CLI against this server's data and returns its key.
+    pub async fn create_tenant(&self, name: &str) -> Result<String> {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = cli(
+            &self.bin,
+            &["--data-dir", self.data_dir.to_str().unwrap(), "tenant", "create", name],
+            &env,
+        )
+        .await?;
+        if !out.status.success() {
+            bail!("tenant create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c2 in chars.by_ref() {
+                if c2.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A fresh, empty PostgreSQL schema for one test, in the run's database
+/// (`OTA_TEST_PG_URL`); returns a URL whose connections use it as their search path.
+pub async fn fresh_pg_database() -> Result<String> {
+    use sqlx::Connection;
+    let base = std::env::var("OTA_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut conn = sqlx::PgConnection::connect(&base).await?;
+    let name = format!(
+        "e2e_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+        .execute(&mut conn)
+        .await?;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Ok(format!("{base}{sep}options=-c%20search_path%3D{name}"))
+}
+
+/// Peak resident set size of a process in bytes (VmHWM), Linux only.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// An HTTP client with a bearer key.
+pub fn client(extra_root_pem: Option<&[u8]>) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(600));
+    if let Some(pem) = extra_root_pem {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    Ok(b.build()?)
+}
