@@ -7,6 +7,8 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod firmware;
+pub mod metrics;
 pub mod store;

@@ -461,3 +461,47 @@ impl Store {
             .await?)
     }
 }
+
+impl Store {
+    /// The product and device that MQTT credentials name. Not tenant-scoped: the product key
+    /// is global, and the device's credentials are what tell its tenant.
+    pub async fn device_by_identity(
+        &self,
+        product_key: &str,
+        device_name: &str,
+    ) -> StoreResult<Option<(Product, Device)>> {
+        let Some(product) = self.product_by_key(product_key).await? else {
+            return Ok(None);
+        };
+        let row = device::Entity::find()
+            .filter(device::Column::ProductId.eq(product.id.0))
+            .filter(device::Column::Name.eq(device_name))
+            .one(self.db())
+            .await?;
+        Ok(row.map(|d| (product, to_device(d))))
+    }
+
+    /// Records a connection change: online state, last-seen time, and the activation time on
+    /// a device's first connection (SPEC D1).
+    pub async fn set_device_connection(
+        &self,
+        tenant: TenantId,
+        id: DeviceId,
+        online: bool,
+        at: Millis,
+    ) -> StoreResult<()> {
+        use sea_orm::sea_query::{Expr, Func};
+        device::Entity::update_many()
+            .col_expr(device::Column::Online, Expr::value(online))
+            .col_expr(device::Column::LastSeenAt, Expr::value(at))
+            .col_expr(
+                device::Column::ActivatedAt,
+                Func::coalesce([Expr::col(device::Column::ActivatedAt).into(), Expr::value(at)]).into(),
+            )
+            .filter(device::Column::Id.eq(id.0))
+            .filter(device::Column::TenantId.eq(tenant.0))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+}

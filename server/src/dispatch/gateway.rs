@@ -1,0 +1,43 @@
+//! The device gateway seam: what the rest of the server needs from a broker (publish
+//! downlinks) and what a broker reports upward (connections and uplinks), so the embedded
+//! broker and an external one are interchangeable.
+
+use super::DispatchError;
+use crate::clock::Millis;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A device as its MQTT credentials name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceIdentity {
+    pub product_key: String,
+    pub device: String,
+}
+
+/// What a gateway reports upward; consumed by the uplink router.
+#[derive(Debug, Clone)]
+pub enum GatewayEvent {
+    Connected { device: DeviceIdentity, at: Millis },
+    Disconnected { device: DeviceIdentity, at: Millis },
+    Uplink { device: DeviceIdentity, topic: String, payload: Bytes, at: Millis },
+    /// A message the gateway would not take (counted and logged by the router, SPEC V4).
+    Refused { device: Option<DeviceIdentity>, reason: String },
+}
+
+/// Sends messages to devices.
+#[async_trait]
+pub trait DeviceGateway: Send + Sync {
+    /// Publishes `payload` on `topic` at QoS 1.
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), DispatchError>;
+}
+
+/// Who may connect and what they may touch; the protocol rules live behind it.
+#[async_trait]
+pub trait DeviceAuth: Send + Sync {
+    /// The device these CONNECT credentials prove, if they do.
+    async fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<DeviceIdentity>;
+    /// Topics the device receives on without subscribing (its downlinks).
+    fn downlink_topics(&self, device: &DeviceIdentity) -> Vec<String>;
+    fn may_publish(&self, device: &DeviceIdentity, topic: &str) -> bool;
+    fn may_subscribe(&self, device: &DeviceIdentity, filter: &str) -> bool;
+}
