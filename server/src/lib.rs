@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod firmware;
 pub mod store;
