@@ -3,10 +3,16 @@
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::dispatch::device_auth::StoreDeviceAuth;
+use crate::dispatch::embedded::{EmbeddedBroker, EmbeddedOptions};
+use crate::dispatch::router::{DeviceEvent, Offers, Router};
 use crate::firmware::Firmware;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use rand::RngCore;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -16,6 +22,10 @@ pub enum AppError {
     Firmware(#[from] crate::firmware::FirmwareError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("device gateway: {0}")]
+    Dispatch(#[from] crate::dispatch::DispatchError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Setting under which the generated download-URL key is kept, shared by every process.
@@ -58,7 +68,60 @@ pub async fn build_state(
         config: Arc::new(config),
         firmware,
         public_url,
+        metrics: Arc::new(Metrics::new()),
     })
+}
+
+/// The running device gateway: the embedded broker and the router behind it.
+pub struct Gateway {
+    pub broker: Arc<EmbeddedBroker>,
+    pub router: Arc<Router>,
+}
+
+/// Starts the embedded broker and the uplink router. `offers` answers what a device should
+/// be offered; `up` receives device events (the rollout engine).
+pub async fn start_gateway(
+    state: &AppState,
+    offers: Arc<dyn Offers>,
+    up: Option<mpsc::Sender<DeviceEvent>>,
+) -> Result<Gateway, AppError> {
+    let cfg = &state.config.mqtt;
+    let addr = |port: u16| -> Result<SocketAddr, AppError> {
+        format!("{}:{port}", cfg.bind)
+            .parse()
+            .or_else(|_| format!("[{}]:{port}", cfg.bind).parse())
+            .map_err(|_| AppError::Config(format!("mqtt.bind {:?} is not an IP address", cfg.bind)))
+    };
+    let tls = if cfg.tls.cert.is_empty() {
+        None
+    } else {
+        Some((addr(cfg.tls.port)?, cfg.tls.cert.clone(), cfg.tls.key.clone()))
+    };
+    let (tx, rx) = mpsc::channel(4096);
+    let broker = Arc::new(
+        EmbeddedBroker::start(
+            EmbeddedOptions {
+                addr: addr(cfg.port)?,
+                tls,
+                max_mqueue_len: cfg.max_mqueue_len,
+            },
+            Arc::new(StoreDeviceAuth::new(state.store.clone())),
+            tx,
+            state.clock.clone(),
+        )
+        .await?,
+    );
+    let router = Arc::new(Router::new(
+        state.store.clone(),
+        broker.clone(),
+        offers,
+        state.metrics.clone(),
+        state.clock.clone(),
+        up,
+    ));
+    tokio::spawn(router.clone().run(rx));
+    tracing::info!(address = %broker.tcp_addr, tls_address = ?broker.tls_addr, "mqtt listening");
+    Ok(Gateway { broker, router })
 }
 
 /// Runs the server until it is stopped.
@@ -74,6 +137,12 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
         "ota-server listening"
     );
     let state = build_state(config, store, Arc::new(SystemClock), public_url).await?;
+    // Until the rollout engine exists nothing is waiting for any device.
+    let _gateway = if state.config.mqtt.mode == "embedded" {
+        Some(start_gateway(&state, Arc::new(crate::dispatch::router::NoOffers), None).await?)
+    } else {
+        None
+    };
     api::run(state, listener).await?;
     Ok(())
 }

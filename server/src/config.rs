@@ -25,6 +25,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub firmware: FirmwareConfig,
     pub devices: DevicesConfig,
+    pub mqtt: MqttConfig,
     pub log: LogConfig,
 }
 
@@ -77,6 +78,53 @@ pub struct DevicesConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `embedded`: the broker devices connect to runs inside the server; `off`: no device
+    /// gateway (API only).
+    pub mode: String,
+    pub bind: String,
+    /// Plain MQTT port; 1884 because a system Mosquitto often holds 1883.
+    pub port: u16,
+    /// Messages queued per device session before the broker drops (pushes are paced).
+    pub max_mqueue_len: usize,
+    pub tls: MqttTlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttTlsConfig {
+    /// MQTT over TLS port, served when `cert` and `key` are set.
+    pub port: u16,
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            mode: "embedded".into(),
+            bind: "127.0.0.1".into(),
+            port: 1884,
+            max_mqueue_len: 1000,
+            tls: MqttTlsConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttTlsConfig {
+    fn default() -> Self {
+        Self {
+            port: 8884,
+            cert: String::new(),
+            key: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `ota_server=debug,info`.
     pub level: String,
@@ -92,6 +140,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             firmware: FirmwareConfig::default(),
             devices: DevicesConfig::default(),
+            mqtt: MqttConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -156,6 +205,8 @@ pub struct Flags {
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_port: Option<u16>,
 }
 
 impl Config {
@@ -198,6 +249,9 @@ impl Config {
         if !http.is_empty() {
             overrides.insert("http".into(), serde_json::Value::Object(http));
         }
+        if let Some(p) = flags.mqtt_port {
+            overrides.insert("mqtt".into(), serde_json::json!({ "port": p }));
+        }
         if let Some(u) = &flags.database_url {
             overrides.insert("database".into(), serde_json::json!({ "url": u }));
         }
@@ -213,6 +267,15 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.http.tls.cert.is_empty() != self.http.tls.key.is_empty() {
             return bad("http.tls.cert and http.tls.key must be set together");
+        }
+        if !matches!(self.mqtt.mode.as_str(), "embedded" | "off") {
+            return bad("mqtt.mode must be \"embedded\" or \"off\"");
+        }
+        if self.mqtt.tls.cert.is_empty() != self.mqtt.tls.key.is_empty() {
+            return bad("mqtt.tls.cert and mqtt.tls.key must be set together");
+        }
+        if self.mqtt.max_mqueue_len == 0 {
+            return bad("mqtt.max_mqueue_len must be at least 1");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format must be \"text\" or \"json\"");
@@ -386,6 +449,22 @@ url_secret = ""
 [devices]
 # Largest body of a device import (CSV or JSON), in bytes.
 import_max_bytes = 536870912
+
+[mqtt]
+# "embedded": devices connect to the MQTT broker inside the server (Alibaba Link Kit and EnOS
+# SDK devices work unchanged); "off": no device gateway.
+mode = "embedded"
+bind = "127.0.0.1"
+# 1884 because a system Mosquitto often holds 1883.
+port = 1884
+# Messages queued per device session before the broker drops.
+max_mqueue_len = 1000
+
+[mqtt.tls]
+# MQTT over TLS, served when cert and key (PEM files) are set.
+port = 8884
+cert = ""
+key = ""
 
 [log]
 # tracing filter, e.g. "info" or "ota_server=debug,info".

@@ -28,6 +28,9 @@ struct Cli {
     /// Database URL (sqlite:... or postgres://...).
     #[arg(long, global = true)]
     database_url: Option<String>,
+    /// Port of the embedded MQTT broker (0 picks a free one).
+    #[arg(long, global = true)]
+    mqtt_port: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,6 +96,7 @@ async fn main() -> ExitCode {
         bind: cli.bind,
         port: cli.port,
         database_url: cli.database_url,
+        mqtt_port: cli.mqtt_port,
     };
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), &flags) {
         Ok(c) => c,

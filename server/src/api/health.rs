@@ -4,7 +4,7 @@ use super::{ApiError, AppState};
 use actix_web::{get, web, HttpResponse};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(health).service(ready);
+    cfg.service(health).service(ready).service(metrics);
 }
 
 /// Liveness: the process answers.
@@ -26,6 +26,15 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(tag = "health", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+#[get("/metrics")]
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(health, ready))]
+#[openapi(paths(health, ready, metrics))]
 pub struct Doc;

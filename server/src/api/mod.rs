@@ -33,6 +33,7 @@ pub struct AppState {
     pub firmware: Firmware,
     /// Base of the URLs handed to devices and clients (`http(s)://host:port`).
     pub public_url: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {

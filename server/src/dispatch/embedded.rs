@@ -217,7 +217,7 @@ impl Handler for Hooks {
                 // Subscribing here runs before CONNACK goes out, so a push sent in reply to
                 // the device's first message cannot overtake its subscription.
                 let entry = self.scx.extends.shared().await.entry(s.id.clone());
-                for topic in self.auth.downlink_topics(&dev) {
+                for topic in self.auth.downlink_topics(&dev).await {
                     match Subscribe::from_v3(&ByteString::from(topic.as_str()), QoS::AtLeastOnce, false, false) {
                         Ok(sub) => {
                             if let Err(e) = entry.subscribe(&sub).await {

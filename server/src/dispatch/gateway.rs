@@ -37,7 +37,7 @@ pub trait DeviceAuth: Send + Sync {
     /// The device these CONNECT credentials prove, if they do.
     async fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<DeviceIdentity>;
     /// Topics the device receives on without subscribing (its downlinks).
-    fn downlink_topics(&self, device: &DeviceIdentity) -> Vec<String>;
+    async fn downlink_topics(&self, device: &DeviceIdentity) -> Vec<String>;
     fn may_publish(&self, device: &DeviceIdentity, topic: &str) -> bool;
     fn may_subscribe(&self, device: &DeviceIdentity, filter: &str) -> bool;
 }

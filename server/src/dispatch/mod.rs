@@ -6,10 +6,12 @@
 
 pub mod alink;
 pub mod auth;
+pub mod device_auth;
 pub mod embedded;
 pub mod enos;
 pub mod events;
 pub mod gateway;
+pub mod router;
 pub mod topics;
 mod wire;
 

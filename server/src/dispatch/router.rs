@@ -1,0 +1,438 @@
+//! The uplink router: turns gateway events into registry changes (online state, version
+//! reports), answers the requests devices wait on, re-offers waiting pushes when a device
+//! reconnects or reports, and passes device messages up as [`DeviceEvent`]s. A message that
+//! cannot be parsed, names an unknown device or is not allowed is dropped, counted and
+//! logged at most once per device per minute (SPEC V4); nothing a device sends can stop the
+//! router or touch another device.
+
+use super::events::{DeviceMessage, FirmwarePush, RequestId, Uplink};
+use super::gateway::{DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::topics::{parse_uplink_topic, EnosTopic, TopicKind};
+use super::{alink, enos, CodecError, Downlink};
+use crate::clock::{Millis, SharedClock};
+use crate::domain::{DeviceId, ModuleName, Protocol, TenantId};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A device message resolved to its tenant and device, for the rollout engine.
+#[derive(Debug, Clone)]
+pub struct DeviceEvent {
+    pub tenant: TenantId,
+    pub device: DeviceId,
+    pub identity: DeviceIdentity,
+    pub at: Millis,
+    pub kind: DeviceEventKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeviceEventKind {
+    Connected,
+    Disconnected,
+    Message(Uplink),
+}
+
+/// What a device should be offered now: the rollout engine's answer; the router asks when a
+/// device connects, reports a version or pulls.
+#[async_trait]
+pub trait Offers: Send + Sync {
+    async fn pending(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        module: Option<&ModuleName>,
+    ) -> Vec<FirmwarePush>;
+}
+
+/// Offers nothing: the state before any rollout exists.
+pub struct NoOffers;
+
+#[async_trait]
+impl Offers for NoOffers {
+    async fn pending(&self, _: TenantId, _: DeviceId, _: Option<&ModuleName>) -> Vec<FirmwarePush> {
+        vec![]
+    }
+}
+
+/// Offers held in memory, set by whoever decides them (tests, a single-process engine).
+#[derive(Default)]
+pub struct MemoryOffers {
+    offers: std::sync::Mutex<HashMap<DeviceId, Vec<FirmwarePush>>>,
+}
+
+impl MemoryOffers {
+    pub fn offer(&self, device: DeviceId, push: FirmwarePush) {
+        if let Ok(mut m) = self.offers.lock() {
+            let list = m.entry(device).or_default();
+            list.retain(|p| p.module != push.module);
+            list.push(push);
+        }
+    }
+    pub fn withdraw(&self, device: DeviceId) {
+        if let Ok(mut m) = self.offers.lock() {
+            m.remove(&device);
+        }
+    }
+}
+
+#[async_trait]
+impl Offers for MemoryOffers {
+    async fn pending(
+        &self,
+        _: TenantId,
+        device: DeviceId,
+        module: Option<&ModuleName>,
+    ) -> Vec<FirmwarePush> {
+        self.offers
+            .lock()
+            .map(|m| {
+                m.get(&device)
+                    .map(|l| {
+                        l.iter()
+                            .filter(|p| module.is_none_or(|m| &p.module == m))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Encodes a push in the device's protocol; `id` numbers pushes for the device's logs.
+pub fn encode_push(
+    protocol: Protocol,
+    device: &DeviceIdentity,
+    push: &FirmwarePush,
+    id: u64,
+) -> Result<Downlink, CodecError> {
+    match protocol {
+        Protocol::Alink => alink::encode_push(&device.product_key, &device.device, push, id),
+        Protocol::Enos => enos::encode_push(&device.product_key, &device.device, push, id),
+    }
+}
+
+pub struct Router {
+    pub store: Store,
+    pub gateway: Arc<dyn DeviceGateway>,
+    pub offers: Arc<dyn Offers>,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+    /// Device messages go up here (the rollout engine); `None` until one listens.
+    pub up: Option<mpsc::Sender<DeviceEvent>>,
+    push_ids: AtomicU64,
+    last_logged: std::sync::Mutex<HashMap<String, Millis>>,
+}
+
+const REJECTED: &str = "ota_device_messages_rejected_total";
+const REJECTED_HELP: &str = "Device messages dropped: unparsable, unknown device or not allowed (SPEC V4).";
+const RECEIVED: &str = "ota_device_messages_total";
+const RECEIVED_HELP: &str = "Device messages accepted, by kind.";
+const ONLINE: &str = "ota_devices_online";
+const ONLINE_HELP: &str = "Devices connected to this process's gateway.";
+const PUSHES: &str = "ota_pushes_total";
+const PUSHES_HELP: &str = "Firmware pushes published to devices.";
+
+impl Router {
+    pub fn new(
+        store: Store,
+        gateway: Arc<dyn DeviceGateway>,
+        offers: Arc<dyn Offers>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        up: Option<mpsc::Sender<DeviceEvent>>,
+    ) -> Self {
+        Self {
+            store,
+            gateway,
+            offers,
+            metrics,
+            clock,
+            up,
+            push_ids: AtomicU64::new(clock_seed()),
+            last_logged: Default::default(),
+        }
+    }
+
+    /// Handles events until the gateway side closes the channel.
+    pub async fn run(self: Arc<Self>, mut events: mpsc::Receiver<GatewayEvent>) {
+        while let Some(ev) = events.recv().await {
+            self.handle(ev).await;
+        }
+    }
+
+    pub async fn handle(&self, ev: GatewayEvent) {
+        match ev {
+            GatewayEvent::Connected { device, at } => self.connection(device, true, at).await,
+            GatewayEvent::Disconnected { device, at } => self.connection(device, false, at).await,
+            GatewayEvent::Uplink {
+                device,
+                topic,
+                payload,
+                at,
+            } => self.uplink(device, &topic, &payload, at).await,
+            GatewayEvent::Refused { device, reason } => {
+                self.reject(device.as_ref(), "not_allowed", &reason);
+            }
+        }
+    }
+
+    /// Counts a dropped message and logs it at most once per device per minute.
+    fn reject(&self, device: Option<&DeviceIdentity>, reason: &'static str, detail: &str) {
+        self.metrics
+            .inc(REJECTED, REJECTED_HELP, &[("reason", reason)], 1);
+        let key = device
+            .map(|d| format!("{}/{}", d.product_key, d.device))
+            .unwrap_or_default();
+        let now = self.clock.now_millis();
+        let log = self
+            .last_logged
+            .lock()
+            .map(|mut m| {
+                if m.len() > 100_000 {
+                    m.retain(|_, t| now - *t < 60_000);
+                }
+                match m.get(&key) {
+                    Some(t) if now - *t < 60_000 => false,
+                    _ => {
+                        m.insert(key.clone(), now);
+                        true
+                    }
+                }
+            })
+            .unwrap_or(true);
+        if log {
+            tracing::warn!(device = %key, reason, detail, "device message rejected");
+        }
+    }
+
+    async fn resolve(&self, device: &DeviceIdentity) -> Option<(Protocol, TenantId, DeviceId)> {
+        match self
+            .store
+            .device_by_identity(&device.product_key, &device.device)
+            .await
+        {
+            Ok(Some((p, d))) => Some((p.protocol, d.tenant_id, d.id)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "device lookup failed");
+                None
+            }
+        }
+    }
+
+    async fn send_up(&self, ev: DeviceEvent) {
+        if let Some(up) = &self.up {
+            if up.send(ev).await.is_err() {
+                tracing::warn!("the rollout engine stopped listening to device events");
+            }
+        }
+    }
+
+    async fn connection(&self, device: DeviceIdentity, online: bool, at: Millis) {
+        let Some((protocol, tenant, id)) = self.resolve(&device).await else {
+            // deleted between CONNECT and now; nothing to record
+            return;
+        };
+        self.metrics
+            .add_gauge(ONLINE, ONLINE_HELP, &[], if online { 1 } else { -1 });
+        if let Err(e) = self.store.set_device_connection(tenant, id, online, at).await {
+            tracing::error!(error = %e, "recording a device connection failed");
+        }
+        if online {
+            self.push_pending(protocol, tenant, id, &device, None).await;
+        }
+        let kind = if online {
+            DeviceEventKind::Connected
+        } else {
+            DeviceEventKind::Disconnected
+        };
+        self.send_up(DeviceEvent {
+            tenant,
+            device: id,
+            identity: device,
+            at,
+            kind,
+        })
+        .await;
+    }
+
+    /// Publishes every push waiting for the device (SPEC R3: an offline device gets its push
+    /// when it comes back).
+    async fn push_pending(
+        &self,
+        protocol: Protocol,
+        tenant: TenantId,
+        id: DeviceId,
+        device: &DeviceIdentity,
+        module: Option<&ModuleName>,
+    ) {
+        for push in self.offers.pending(tenant, id, module).await {
+            self.push(protocol, device, &push).await;
+        }
+    }
+
+    /// Encodes and publishes one push.
+    pub async fn push(&self, protocol: Protocol, device: &DeviceIdentity, push: &FirmwarePush) {
+        let n = self.push_ids.fetch_add(1, Ordering::Relaxed);
+        match encode_push(protocol, device, push, n) {
+            Ok(d) => self.publish(d).await,
+            Err(e) => tracing::error!(error = %e, "a push could not be encoded"),
+        }
+    }
+
+    async fn publish(&self, d: Downlink) {
+        let is_push = d.topic.ends_with("/upgrade") || d.topic.starts_with("/ota/device/upgrade/");
+        match self.gateway.publish(&d.topic, d.payload.into()).await {
+            Ok(()) if is_push => self.metrics.inc(PUSHES, PUSHES_HELP, &[], 1),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(topic = %d.topic, error = %e, "publishing to a device failed"),
+        }
+    }
+
+    async fn uplink(&self, device: DeviceIdentity, topic: &str, payload: &[u8], at: Millis) {
+        let parsed = match parse_uplink_topic(topic) {
+            Ok(t) => t,
+            Err(e) => return self.reject(Some(&device), "unknown_topic", &e.to_string()),
+        };
+        if parsed.product_key != device.product_key || parsed.device != device.device {
+            return self.reject(Some(&device), "not_allowed", "topic names another device");
+        }
+        let Some((protocol, tenant, id)) = self.resolve(&device).await else {
+            return self.reject(Some(&device), "unknown_device", "no such device");
+        };
+        if parsed.protocol() != protocol {
+            return self.reject(
+                Some(&device),
+                "wrong_protocol",
+                &format!("the product speaks {}", protocol.as_str()),
+            );
+        }
+        let decoded = match parsed.kind {
+            TopicKind::Alink(k) => alink::decode(k, payload),
+            TopicKind::Enos(k) => enos::decode(k, payload),
+        };
+        let (msg, request_id) = match decoded {
+            Ok(v) => v,
+            Err(e) => {
+                self.reject_with_reply(&parsed.kind, &device, payload);
+                return self.reject(Some(&device), "unparsable", &e.to_string());
+            }
+        };
+        self.metrics
+            .inc(RECEIVED, RECEIVED_HELP, &[("kind", uplink_kind(&msg))], 1);
+        let message = DeviceMessage {
+            product_key: device.product_key.clone(),
+            device: device.device.clone(),
+            kind: msg.clone(),
+            request_id: request_id.clone(),
+        };
+        self.apply(protocol, tenant, id, &device, &parsed.kind, &message, at)
+            .await;
+        self.send_up(DeviceEvent {
+            tenant,
+            device: id,
+            identity: device,
+            at,
+            kind: DeviceEventKind::Message(msg),
+        })
+        .await;
+    }
+
+    fn reject_with_reply(&self, _kind: &TopicKind, _device: &DeviceIdentity, _payload: &[u8]) {
+        // A message that does not parse has no id to echo, so no reply can reach the
+        // waiting SDK call; it times out on the device, as on the vendor clouds.
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        protocol: Protocol,
+        tenant: TenantId,
+        id: DeviceId,
+        device: &DeviceIdentity,
+        kind: &TopicKind,
+        msg: &DeviceMessage,
+        at: Millis,
+    ) {
+        let (pk, dn) = (device.product_key.as_str(), device.device.as_str());
+        match &msg.kind {
+            Uplink::Inform { module, version } => {
+                if let Err(e) = self
+                    .store
+                    .record_version_report(tenant, id, module, version, at)
+                    .await
+                {
+                    tracing::warn!(error = %e, "recording a version report failed");
+                }
+                self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
+                self.push_pending(protocol, tenant, id, device, Some(module))
+                    .await;
+            }
+            Uplink::Progress { .. } | Uplink::UpgradeReply { .. } => {
+                self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
+            }
+            Uplink::Pull { module } => match kind {
+                TopicKind::Alink(_) => {
+                    let offer = self.offers.pending(tenant, id, module.as_ref()).await;
+                    match alink::encode_get_reply(pk, dn, msg.request_id.as_ref(), offer.first()) {
+                        Ok(d) => self.publish(d).await,
+                        Err(e) => tracing::error!(error = %e, "encoding a firmware reply failed"),
+                    }
+                }
+                TopicKind::Enos(_) => {
+                    // EnOS "Device Request Upgrade": acknowledge, then push what is waiting.
+                    self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
+                    self.push_pending(protocol, tenant, id, device, module.as_ref())
+                        .await;
+                }
+            },
+            Uplink::GetVersion => {
+                if let Some(rid) = &msg.request_id {
+                    let offers = self.offers.pending(tenant, id, None).await;
+                    match enos::encode_getversion_reply(pk, dn, rid, &offers) {
+                        Ok(d) => self.publish(d).await,
+                        Err(e) => tracing::error!(error = %e, "encoding a version list failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// EnOS SDK calls block until their reply comes (checklist #3), so every EnOS request
+    /// that expects one gets it.
+    async fn enos_ack(&self, kind: &TopicKind, pk: &str, dk: &str, id: Option<&RequestId>) {
+        let (TopicKind::Enos(t), Some(id)) = (kind, id) else {
+            return;
+        };
+        if !t.expects_reply() || *t == EnosTopic::GetVersion {
+            return;
+        }
+        match enos::encode_ack(pk, dk, *t, id) {
+            Ok(d) => self.publish(d).await,
+            Err(e) => tracing::error!(error = %e, "encoding an EnOS reply failed"),
+        }
+    }
+}
+
+fn uplink_kind(u: &Uplink) -> &'static str {
+    match u {
+        Uplink::Inform { .. } => "inform",
+        Uplink::Progress { .. } => "progress",
+        Uplink::Pull { .. } => "pull",
+        Uplink::GetVersion => "getversion",
+        Uplink::UpgradeReply { .. } => "upgrade_reply",
+    }
+}
+
+/// Push ids start from the clock so a restarted server does not reuse recent ones.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() % 1_000_000 * 1000)
+        .unwrap_or(0)
+}
