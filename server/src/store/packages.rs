@@ -209,8 +209,8 @@ impl Store {
 
     /// Deletes a package and its file records and returns the records, whose stored files
     /// the caller removes.
-    // SPEC P3 also refuses a package that has an unfinished rollout; that check belongs
-    // here once rollouts exist.
+    // Not yet here: refusing a package that has an unfinished rollout (the first half of
+    // requirement P3) needs rollouts, which do not exist yet.
     pub async fn delete_package(
         &self,
         tenant: TenantId,
