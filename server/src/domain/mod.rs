@@ -2,11 +2,13 @@
 
 pub mod ids;
 pub mod names;
+pub mod package;
 pub mod registry;
 pub mod role;
 
 pub use ids::*;
 pub use names::*;
+pub use package::*;
 pub use registry::*;
 pub use role::Role;
 

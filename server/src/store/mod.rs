@@ -3,12 +3,14 @@
 
 mod devices;
 pub mod entity;
+mod packages;
 mod paging;
 mod products;
 mod settings;
 mod tenants;
 
 pub use devices::*;
+pub use packages::*;
 pub use paging::*;
 pub use products::*;
 pub use tenants::*;
