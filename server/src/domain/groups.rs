@@ -312,6 +312,7 @@ pub fn sort_version_counts(v: &mut [VersionCount]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
