@@ -6,7 +6,9 @@ mod common;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use common::*;
-use ota_server::domain::{AssetNodeId, DeviceFilter, DeviceId, TenantId};
+use ota_server::domain::{
+    AssetNodeId, DeviceFilter, DeviceId, ModuleMatch, ModuleName, ProductId, TenantId, Version,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 
@@ -1142,6 +1144,59 @@ async fn search_filters_alone_and_combined_and_pages(db: Db) {
     all.sort();
     assert_eq!(got, all[..3].to_vec());
     assert_eq!(r.json()["next_cursor"], all[2].to_string());
+
+    // the store filter later scopes reuse: several source versions, and "not already on
+    // the target version" (devices that never reported the module count as not on it)
+    let module = |versions: &[&str]| ModuleMatch {
+        module: ModuleName::default_module(),
+        versions: versions
+            .iter()
+            .map(|v| Version::parse("v", *v).unwrap())
+            .collect(),
+    };
+    let target = (
+        ModuleName::default_module(),
+        Version::parse("v", "2.0").unwrap(),
+    );
+    for (filter, want) in [
+        (
+            DeviceFilter {
+                product: Some(ProductId(p1)),
+                module: Some(module(&["1.0", "2.0"])),
+                exclude_version: Some(target.clone()),
+                ..Default::default()
+            },
+            vec!["dev-1", "dev-2"],
+        ),
+        (
+            DeviceFilter {
+                product: Some(ProductId(p1)),
+                exclude_version: Some(target.clone()),
+                ..Default::default()
+            },
+            vec!["dev-1", "dev-2", "Dev-4", "devX", "a_b", "abc"],
+        ),
+    ] {
+        let sel = t
+            .store
+            .resolve_device_filter(tenant, &filter)
+            .await
+            .unwrap();
+        let mut got: Vec<String> = t
+            .store
+            .search_device_names(tenant, &sel, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, n)| n.into_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, sorted(&want));
+        assert_eq!(
+            t.store.count_devices(tenant, &sel).await.unwrap(),
+            want.len() as u64
+        );
+    }
 
     // bad input names the parameter; unknown ids are 404
     for (q, field) in [

@@ -4,6 +4,7 @@
 use super::entity::{device, device_attribute, device_tag};
 use super::{Store, StoreError, StoreResult};
 use crate::domain::*;
+use sea_orm::sea_query::LockType;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
     TransactionTrait,
@@ -20,7 +21,7 @@ async fn lock_device<C: ConnectionTrait>(
 ) -> StoreResult<i64> {
     device::Entity::find_by_id(id.0)
         .filter(device::Column::TenantId.eq(tenant.0))
-        .lock_exclusive()
+        .lock(LockType::NoKeyUpdate)
         .one(c)
         .await?
         .map(|d| d.id)

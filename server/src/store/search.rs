@@ -11,7 +11,7 @@ use super::{
     devices::to_device, Page, PageRequest, Store, StoreError, StoreResult, MAX_BIND_PARAMS,
 };
 use crate::domain::*;
-use sea_orm::sea_query::{Expr, Func, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, Func, LockType, Query, SelectStatement};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -143,8 +143,10 @@ fn label_subquery(tenant: TenantId, m: &LabelMatch) -> SelectStatement {
 /// Takes the tenant's row lock for the rest of the transaction (PostgreSQL; SQLite has one
 /// writer anyway), so checks such as "sibling names are unique" cannot race.
 pub(crate) async fn lock_tenant<C: ConnectionTrait>(c: &C, tenant: TenantId) -> StoreResult<()> {
+    // NO KEY UPDATE: it serializes these writers without blocking inserts elsewhere that
+    // only reference the tenant row (their foreign-key checks take KEY SHARE).
     tenant::Entity::find_by_id(tenant.0)
-        .lock_exclusive()
+        .lock(LockType::NoKeyUpdate)
         .one(c)
         .await?
         .ok_or(StoreError::NotFound("tenant"))?;
@@ -419,8 +421,8 @@ impl Store {
     ) -> StoreResult<Vec<DeviceId>> {
         same_tenant(tenant, sel)?;
         let mut out = Vec::new();
-        // the selection itself carries up to MAX_SCOPE_IDS binds; stay well under the limit
-        for chunk in ids.chunks(MAX_BIND_PARAMS / 3) {
+        // the selection itself may carry 2 × MAX_SCOPE_IDS binds; stay well under the limit
+        for chunk in ids.chunks(MAX_BIND_PARAMS / 6) {
             let rows: Vec<i64> = device::Entity::find()
                 .select_only()
                 .column(device::Column::Id)
@@ -525,7 +527,9 @@ async fn existing_group_ids(
 ) -> StoreResult<Option<Vec<i64>>> {
     let wanted: BTreeSet<i64> = ids.iter().map(|g| g.0).collect();
     if wanted.len() > MAX_SCOPE_IDS {
-        return Ok(None);
+        return Err(
+            Invalid::new("group_ids", format!("give at most {MAX_SCOPE_IDS} groups")).into(),
+        );
     }
     let found: Vec<i64> = device_group::Entity::find()
         .select_only()
