@@ -461,3 +461,32 @@ impl Store {
             .await?)
     }
 }
+
+impl Store {
+    /// Records that a device connected or disconnected: its online state and last-seen time.
+    pub async fn set_device_online(
+        &self,
+        tenant: TenantId,
+        id: DeviceId,
+        online: bool,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let res = device::Entity::update_many()
+            .col_expr(
+                device::Column::Online,
+                sea_orm::sea_query::Expr::value(online),
+            )
+            .col_expr(
+                device::Column::LastSeenAt,
+                sea_orm::sea_query::Expr::value(now),
+            )
+            .filter(device::Column::Id.eq(id.0))
+            .filter(device::Column::TenantId.eq(tenant.0))
+            .exec(self.db())
+            .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::NotFound("device"));
+        }
+        Ok(())
+    }
+}

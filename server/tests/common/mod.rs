@@ -2,6 +2,7 @@
 //! or PostgreSQL (a fresh schema per test in the database named by `OTA_TEST_PG_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/test`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::field_reassign_with_default)]
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
