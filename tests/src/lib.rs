@@ -178,10 +178,10 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// A fresh, empty PostgreSQL schema for one test, in the run's database
-/// (`OTA_TEST_PG_URL`); returns a URL whose connections use it as their search path.
+/// (`TEST_PG_URL`); returns a URL whose connections use it as their search path.
 pub async fn fresh_pg_database() -> Result<String> {
     use sqlx::Connection;
-    let base = std::env::var("OTA_TEST_PG_URL")
+    let base = std::env::var("TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let mut conn = sqlx::PgConnection::connect(&base).await?;
     let name = format!(

@@ -1,5 +1,5 @@
 //! Test harness: the whole API in-process on a manual clock, against SQLite (a temp file)
-//! or PostgreSQL (a fresh schema per test in the database named by `OTA_TEST_PG_URL`,
+//! or PostgreSQL (a fresh schema per test in the database named by `TEST_PG_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/test`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 #![allow(clippy::field_reassign_with_default)]
@@ -49,7 +49,7 @@ pub struct TestCtx {
 }
 
 pub fn pg_base_url() -> String {
-    std::env::var("OTA_TEST_PG_URL")
+    std::env::var("TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
@@ -65,7 +65,7 @@ async fn open_store(db: Db, dir: &std::path::Path) -> Store {
             let schema = format!("t_{}_{}", std::process::id(), rand_suffix());
             let admin = sea_orm::Database::connect(&url)
                 .await
-                .expect("PostgreSQL must run at OTA_TEST_PG_URL for the postgres tests");
+                .expect("PostgreSQL must run at TEST_PG_URL for the postgres tests");
             admin
                 .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
                 .await
