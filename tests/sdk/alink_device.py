@@ -96,8 +96,8 @@ def main():
     lk.publish_topic(progress, json.dumps({"id": "101", "params": {"step": "10", "desc": "downloading"}}))
     path = os.path.join(tempfile.mkdtemp(), "firmware.bin")
     rc = lk.download_ota_firmware(firmware["url"], path, firmware["sign_method"], firmware["sign"])
-    ok = rc == 0
-    emit(event="downloaded", ok=ok, rc=rc)
+    ok = rc == linkkit.LinkKit.ErrorCode.SUCCESS
+    emit(event="downloaded", ok=ok, rc=str(rc))
     if a.mode == "fail" or not ok:
         step = a.fail_step if a.mode == "fail" else "-3"
         lk.publish_topic(progress, json.dumps({"id": "102", "params": {"step": step, "desc": "failed"}}))

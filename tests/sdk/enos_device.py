@@ -88,9 +88,19 @@ def main():
             return None
         return OtaUpgradeReply.builder().set_code(200).build()
 
-    client.on_connect = lambda: connected.set()
+    class ConnectCallback:
+        # MqttClient.connect(callback) wants an object with these three methods.
+        def on_connect(self):
+            connected.set()
+
+        def on_disconnect(self):
+            pass
+
+        def on_connect_failed(self):
+            pass
+
     client.register_arrived_message_handler(OtaUpgradeCommand.get_class(), on_upgrade)
-    client.connect(lambda: connected.set())
+    client.connect(ConnectCallback())
     if not connected.wait(a.timeout if a.mode != "connect" else min(a.timeout, 8)):
         emit(event="connect_failed")
         client.close()

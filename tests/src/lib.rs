@@ -29,7 +29,9 @@ pub async fn cli(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<std:
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Ok(cmd.output().await.with_context(|| format!("running {}", bin.display()))?)
+    cmd.output()
+        .await
+        .with_context(|| format!("running {}", bin.display()))
 }
 
 /// A running server process; killed on drop.
@@ -43,20 +45,11 @@ pub struct Server {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+#[derive(Default)]
 pub struct ServerOptions {
     pub release: bool,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            release: false,
-            env: vec![],
-            args: vec![],
-        }
-    }
 }
 
 impl Server {
@@ -66,7 +59,10 @@ impl Server {
         let data_dir = dir.path().to_owned();
         let bin = server_bin(opts.release);
         if !bin.exists() {
-            bail!("{} is missing: build it first (cargo build -p ota-server)", bin.display());
+            bail!(
+                "{} is missing: build it first (cargo build -p ota-server)",
+                bin.display()
+            );
         }
         let mut cmd = Command::new(&bin);
         cmd.arg("--data-dir")
@@ -102,7 +98,12 @@ impl Server {
         });
         let line = tokio::time::timeout(Duration::from_secs(60), rx.recv())
             .await
-            .map_err(|_| anyhow!("server did not start in 60 s; log: {:?}", log.lock().unwrap()))?
+            .map_err(|_| {
+                anyhow!(
+                    "server did not start in 60 s; log: {:?}",
+                    log.lock().unwrap()
+                )
+            })?
             .ok_or_else(|| anyhow!("server exited; log: {:?}", log.lock().unwrap()))?;
         let line = strip_ansi(&line);
         let addr = line
@@ -110,7 +111,11 @@ impl Server {
             .find_map(|w| w.strip_prefix("address="))
             .ok_or_else(|| anyhow!("no address in {line:?}"))?
             .to_owned();
-        let scheme = if line.contains("public_url=https") { "https" } else { "http" };
+        let scheme = if line.contains("public_url=https") {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Self {
             child,
             base: format!("{scheme}://{addr}"),
@@ -124,15 +129,28 @@ impl Server {
 
     /// Creates a tenant through the CLI against this server's data and returns its key.
     pub async fn create_tenant(&self, name: &str) -> Result<String> {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let out = cli(
             &self.bin,
-            &["--data-dir", self.data_dir.to_str().unwrap(), "tenant", "create", name],
+            &[
+                "--data-dir",
+                self.data_dir.to_str().unwrap(),
+                "tenant",
+                "create",
+                name,
+            ],
             &env,
         )
         .await?;
         if !out.status.success() {
-            bail!("tenant create failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "tenant create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
@@ -160,10 +178,10 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// A fresh, empty PostgreSQL schema for one test, in the run's database
-/// (`OTA_TEST_PG_URL`); returns a URL whose connections use it as their search path.
+/// (`TEST_PG_URL`); returns a URL whose connections use it as their search path.
 pub async fn fresh_pg_database() -> Result<String> {
     use sqlx::Connection;
-    let base = std::env::var("OTA_TEST_PG_URL")
+    let base = std::env::var("TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let mut conn = sqlx::PgConnection::connect(&base).await?;
     let name = format!(

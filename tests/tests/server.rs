@@ -8,17 +8,33 @@ use serde_json::{json, Value};
 async fn walk_through(srv: &Server, http: &reqwest::Client) {
     let key = srv.create_tenant("acme").await.unwrap();
     let base = &srv.base;
-    let health: Value = http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = http.get(format!("{base}/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    let r = http.get(format!("{base}/v1/products")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/v1/products"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let p: Value = http
         .post(format!("{base}/v1/products"))
         .bearer_auth(&key)
         .json(&json!({"name": "Smart meter", "protocol": "alink", "product_key": "a1Meter"}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let pid = p["id"].as_i64().unwrap();
     let mut csv = String::from("name\n");
     for i in 0..10_000 {
@@ -29,14 +45,21 @@ async fn walk_through(srv: &Server, http: &reqwest::Client) {
         .bearer_auth(&key)
         .header("Content-Type", "text/csv")
         .body(csv)
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let j: Value = r.json().await.unwrap();
     assert_eq!(j["imported"], 10_000);
     let creds = http
         .get(format!("{base}/v1/products/{pid}/devices/credentials.csv"))
         .bearer_auth(&key)
-        .send().await.unwrap().text().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(creds.lines().count(), 10_001);
 }
 
@@ -45,9 +68,15 @@ async fn walk_through(srv: &Server, http: &reqwest::Client) {
 async fn serves_on_embedded_defaults_with_sqlite() {
     let srv = Server::start(ServerOptions::default()).await.unwrap();
     walk_through(&srv, &client(None).unwrap()).await;
-    assert!(srv.data_dir.join("ota.db").exists(), "SQLite lives in the data dir");
+    assert!(
+        srv.data_dir.join("ota.db").exists(),
+        "SQLite lives in the data dir"
+    );
     let log = srv.log.lock().unwrap().join("\n");
-    assert!(log.contains("request"), "requests are logged through tracing: {log}");
+    assert!(
+        log.contains("request"),
+        "requests are logged through tracing: {log}"
+    );
 }
 
 // SPEC M3
@@ -61,12 +90,17 @@ async fn runs_on_postgresql_by_environment() {
     .await
     .unwrap();
     walk_through(&srv, &client(None).unwrap()).await;
-    assert!(!srv.data_dir.join("ota.db").exists(), "no SQLite file when PostgreSQL is configured");
+    assert!(
+        !srv.data_dir.join("ota.db").exists(),
+        "no SQLite file when PostgreSQL is configured"
+    );
 }
 
 #[tokio::test]
 async fn serves_https_with_the_configured_certificate() {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("cert.pem");
     let keyf = dir.path().join("key.pem");
@@ -86,7 +120,11 @@ async fn serves_https_with_the_configured_certificate() {
     walk_through(&srv, &http).await;
     // a client that does not trust the certificate cannot talk to it
     let plain = client(None).unwrap();
-    assert!(plain.get(format!("{}/health", srv.base)).send().await.is_err());
+    assert!(plain
+        .get(format!("{}/health", srv.base))
+        .send()
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -95,29 +133,62 @@ async fn config_cli_prints_defaults_and_rejects_unknown_keys() {
     let out = cli(&bin, &["config", "print-default"], &[]).await.unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("[http]") && text.contains("port = 8080"), "{text}");
+    assert!(
+        text.contains("[http]") && text.contains("port = 8080"),
+        "{text}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = cli(&bin, &["--data-dir", d, "config", "show"], &[("OTA_HTTP__PROT", "1")]).await.unwrap();
+    let out = cli(
+        &bin,
+        &["--data-dir", d, "config", "show"],
+        &[("OTA_HTTP__PROT", "1")],
+    )
+    .await
+    .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
-    let out = cli(&bin, &["--data-dir", d, "--port", "9999", "config", "show"], &[("OTA_FIRMWARE__URL_SECRET", "topsecret")]).await.unwrap();
+    let out = cli(
+        &bin,
+        &["--data-dir", d, "--port", "9999", "config", "show"],
+        &[("OTA_FIRMWARE__URL_SECRET", "topsecret")],
+    )
+    .await
+    .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("port = 9999"), "{shown}");
-    assert!(!shown.contains("topsecret"), "secrets are redacted: {shown}");
+    assert!(
+        !shown.contains("topsecret"),
+        "secrets are redacted: {shown}"
+    );
 }
 
 // SPEC M2
 #[tokio::test]
 async fn openapi_document_describes_the_api() {
     let srv = Server::start(ServerOptions::default()).await.unwrap();
-    let doc: Value = client(None).unwrap()
+    let doc: Value = client(None)
+        .unwrap()
         .get(format!("{}/v1/openapi.json", srv.base))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
-    for p in ["/v1/products", "/v1/products/{id}/devices/import", "/v1/keys", "/v1/devices/{id}/versions"] {
-        assert!(paths.contains_key(p), "missing {p}: {:?}", paths.keys().collect::<Vec<_>>());
+    for p in [
+        "/v1/products",
+        "/v1/products/{id}/devices/import",
+        "/v1/keys",
+        "/v1/devices/{id}/versions",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "missing {p}: {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());

@@ -348,7 +348,7 @@ async fn export_credentials(
 
 /// Reads one device with its current module versions.
 #[utoipa::path(tag = "devices", params(("id" = i64, Path)), responses((status = 200, body = DeviceDto), (status = 404, body = super::error::ErrorBody)))]
-#[get("/v1/devices/{id}")]
+#[get("/v1/devices/{id:\\d+}")]
 async fn get_device(
     state: web::Data<AppState>,
     auth: Auth,

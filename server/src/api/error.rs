@@ -2,6 +2,7 @@
 //! and 5xx replies that never carry internal text.
 
 use crate::domain::Invalid;
+use crate::firmware::FirmwareError;
 use crate::store::{RowErrors, StoreError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -152,6 +153,21 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(i) => i.into(),
             StoreError::InvalidRows(r) => ApiError::InvalidRows(r),
             StoreError::Database(db) => ApiError::Internal(db.to_string()),
+        }
+    }
+}
+
+impl From<FirmwareError> for ApiError {
+    fn from(e: FirmwareError) -> Self {
+        match e {
+            FirmwareError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            FirmwareError::Empty => ApiError::invalid("body", e.to_string()),
+            FirmwareError::TokenMalformed
+            | FirmwareError::TokenForged
+            | FirmwareError::TokenExpired { .. } => ApiError::DownloadDenied(e.to_string()),
+            FirmwareError::Io(_) | FirmwareError::BadStorageKey(_) | FirmwareError::EmptyKey => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }

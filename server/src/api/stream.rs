@@ -249,6 +249,7 @@ impl JsonArrayElements {
 }
 
 #[cfg(test)]
+#[allow(clippy::items_after_test_module)]
 mod tests {
     use super::*;
 

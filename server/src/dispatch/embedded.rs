@@ -101,9 +101,11 @@ impl EmbeddedBroker {
         let tcp_addr = tcp
             .local_addr()
             .map_err(|e| DispatchError::Broker(e.to_string()))?;
-        let mut server = MqttServer::new(scx.clone()).listener(
+        // Listener ids default to the port, which collides when both ports are 0 (tests).
+        let mut server = MqttServer::new(scx.clone()).listener_by_id(
             tcp.tcp()
                 .map_err(|e| DispatchError::Broker(e.to_string()))?,
+            1,
         );
         let mut tls_addr = None;
         if let Some((addr, cert, key)) = &opts.tls {
@@ -116,9 +118,10 @@ impl EmbeddedBroker {
                 l.local_addr()
                     .map_err(|e| DispatchError::Broker(e.to_string()))?,
             );
-            server = server.listener(
+            server = server.listener_by_id(
                 l.tls()
                     .map_err(|e| DispatchError::Broker(format!("MQTT TLS: {e}")))?,
+                2,
             );
         }
         let server = server.build();

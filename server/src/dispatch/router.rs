@@ -240,7 +240,7 @@ impl Router {
         };
         self.metrics
             .add_gauge(ONLINE, ONLINE_HELP, &[], if online { 1 } else { -1 });
-        if let Err(e) = self.store.set_device_connection(tenant, id, online, at).await {
+        if let Err(e) = self.store.set_device_online(tenant, id, online, at).await {
             tracing::error!(error = %e, "recording a device connection failed");
         }
         if online {

@@ -1,12 +1,16 @@
 //! Pure types and rules of the OTA domain: ids, validated names, roles, limits. No I/O.
 
+pub mod groups;
 pub mod ids;
 pub mod names;
+pub mod package;
 pub mod registry;
 pub mod role;
 
+pub use groups::*;
 pub use ids::*;
 pub use names::*;
+pub use package::*;
 pub use registry::*;
 pub use role::Role;
 

@@ -481,27 +481,31 @@ impl Store {
         Ok(row.map(|d| (product, to_device(d))))
     }
 
-    /// Records a connection change: online state, last-seen time, and the activation time on
-    /// a device's first connection (SPEC D1).
-    pub async fn set_device_connection(
+    /// Records that a device connected or disconnected: its online state, last-seen time,
+    /// and on its first connection its activation time (SPEC D1).
+    pub async fn set_device_online(
         &self,
         tenant: TenantId,
         id: DeviceId,
         online: bool,
-        at: Millis,
+        now: Millis,
     ) -> StoreResult<()> {
         use sea_orm::sea_query::{Expr, Func};
-        device::Entity::update_many()
+        let res = device::Entity::update_many()
             .col_expr(device::Column::Online, Expr::value(online))
-            .col_expr(device::Column::LastSeenAt, Expr::value(at))
+            .col_expr(device::Column::LastSeenAt, Expr::value(now))
             .col_expr(
                 device::Column::ActivatedAt,
-                Func::coalesce([Expr::col(device::Column::ActivatedAt).into(), Expr::value(at)]).into(),
+                Func::coalesce([Expr::col(device::Column::ActivatedAt).into(), Expr::value(now)])
+                    .into(),
             )
             .filter(device::Column::Id.eq(id.0))
             .filter(device::Column::TenantId.eq(tenant.0))
             .exec(self.db())
             .await?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::NotFound("device"));
+        }
         Ok(())
     }
 }

@@ -1,16 +1,24 @@
 //! Persistence: the only module that touches sea-orm. Every tenant-scoped function takes the
 //! tenant id first, so no query can forget it; rows are turned into domain records here.
 
+mod assets;
 mod devices;
 pub mod entity;
+mod groups;
+mod labels;
+mod packages;
 mod paging;
 mod products;
+mod search;
 mod settings;
 mod tenants;
 
 pub use devices::*;
+pub use labels::LabelSet;
+pub use packages::*;
 pub use paging::*;
 pub use products::*;
+pub use search::DeviceSelection;
 pub use tenants::*;
 
 use crate::domain::Invalid;

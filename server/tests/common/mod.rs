@@ -1,7 +1,8 @@
 //! Test harness: the whole API in-process on a manual clock, against SQLite (a temp file)
-//! or PostgreSQL (a fresh schema per test in the database named by `OTA_TEST_PG_URL`,
+//! or PostgreSQL (a fresh schema per test in the database named by `TEST_PG_URL`,
 //! default `postgres://postgres@127.0.0.1:5432/test`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::field_reassign_with_default)]
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
@@ -48,7 +49,7 @@ pub struct TestCtx {
 }
 
 pub fn pg_base_url() -> String {
-    std::env::var("OTA_TEST_PG_URL")
+    std::env::var("TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
@@ -64,7 +65,7 @@ async fn open_store(db: Db, dir: &std::path::Path) -> Store {
             let schema = format!("t_{}_{}", std::process::id(), rand_suffix());
             let admin = sea_orm::Database::connect(&url)
                 .await
-                .expect("PostgreSQL must run at OTA_TEST_PG_URL for the postgres tests");
+                .expect("PostgreSQL must run at TEST_PG_URL for the postgres tests");
             admin
                 .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
                 .await
@@ -93,6 +94,30 @@ impl TestCtx {
     }
 
     pub async fn with_config(db: Db, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::build(db, tweak, "http://ota.test".into()).await
+    }
+
+    /// As [`TestCtx::with_config`], with the API also served on a real port (in a thread of
+    /// its own), so devices can download from the URLs it signs. Returns the base URL too.
+    pub async fn with_http(db: Db, tweak: impl FnOnce(&mut Config)) -> (Self, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let t = Self::build(db, tweak, base.clone()).await;
+        let state = t.state.clone();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                actix_web::HttpServer::new(move || App::new().configure(api::configure(state.clone())))
+                    .workers(2)
+                    .listen(listener)
+                    .unwrap()
+                    .run()
+                    .await
+            })
+        });
+        (t, base)
+    }
+
+    async fn build(db: Db, tweak: impl FnOnce(&mut Config), public_url: String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.data_dir = dir.path().to_owned();
@@ -104,7 +129,7 @@ impl TestCtx {
             config,
             store.clone(),
             Arc::new(clock.clone()),
-            "http://ota.test".into(),
+            public_url,
         )
         .await
         .unwrap();

@@ -51,7 +51,10 @@ async fn main() -> Result<()> {
         bail!("import failed: {status} {body}");
     }
     let peak = srv.pid().and_then(peak_rss_bytes).unwrap_or(0);
-    println!("bench-import: {rows} devices, {:.1} MB of CSV", bytes as f64 / 1e6);
+    println!(
+        "bench-import: {rows} devices, {:.1} MB of CSV",
+        bytes as f64 / 1e6
+    );
     println!("bench-import: reply {body}");
     println!(
         "bench-import: time {:.2} s ({:.0} devices/s)",

@@ -1,0 +1,417 @@
+//! Devices built with the real vendor SDKs (Alibaba Link Kit, EnOS), run unchanged as Python
+//! processes, against the embedded broker: authentication, version reports, pushes, pulls,
+//! signed downloads, progress; bad messages are rejected without harm; reconnect races lose
+//! nothing. The SDKs live in the project's venv (`scripts/test` creates it; `SDK_PYTHON`
+//! overrides the interpreter).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use ota_server::app::{start_gateway, Gateway};
+use ota_server::dispatch::router::{DeviceEvent, DeviceEventKind, MemoryOffers};
+use ota_server::dispatch::{FirmwarePush, Uplink};
+use ota_server::domain::{DeviceId, ModuleName, SignMethod, TenantId, Version};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    std::env::var("SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".venv/bin/python"))
+}
+
+/// A running SDK device process whose stdout events the test follows.
+struct Device {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Device {
+    fn spawn(script: &str, args: &[String]) -> Self {
+        let py = python();
+        assert!(py.exists(), "{} is missing: run scripts/test (it creates the SDK venv)", py.display());
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("stderr.log");
+        let mut child = tokio::process::Command::new(py)
+            .arg(root().join("tests/sdk").join(script))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        Self { child, lines: BufReader::new(out).lines(), seen: vec![], stderr, _dir: dir }
+    }
+
+    /// Reads events until `event` comes; panics with everything seen on timeout or exit.
+    async fn expect(&mut self, event: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
+            match line {
+                Ok(Ok(Some(l))) => {
+                    self.seen.push(l.clone());
+                    let v: Value = serde_json::from_str(&l).unwrap_or(json!({"event": "?", "raw": l}));
+                    if v["event"] == event {
+                        return v;
+                    }
+                }
+                other => {
+                    // the process may still be writing its traceback
+                    let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+                    let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                    let tail: String = err.chars().rev().take(3000).collect::<String>().chars().rev().collect();
+                    panic!("waiting for {event:?}: {other:?}; device said {:?}; stderr tail:\n{tail}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// The first of several events, whichever comes.
+    async fn expect_any(&mut self, events: &[&str]) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+                Ok(Ok(Some(l))) => {
+                    self.seen.push(l.clone());
+                    let v: Value = serde_json::from_str(&l).unwrap_or(json!({"event": "?"}));
+                    if events.iter().any(|e| v["event"] == *e) {
+                        return v;
+                    }
+                }
+                other => panic!("waiting for {events:?}: {other:?}; device said {:?}", self.seen),
+            }
+        }
+    }
+
+    async fn finish(mut self) -> i32 {
+        tokio::time::timeout(WAIT, self.child.wait()).await.unwrap().unwrap().code().unwrap_or(-1)
+    }
+}
+
+/// A tenant with a product, devices and a package whose file is served for download.
+struct Fleet {
+    t: TestCtx,
+    gw: Gateway,
+    offers: Arc<MemoryOffers>,
+    up: mpsc::Receiver<DeviceEvent>,
+    http: reqwest::Client,
+    base: String,
+    mqtt_port: u16,
+    pk: String,
+    product: i64,
+    firmware: Vec<u8>,
+}
+
+impl Fleet {
+    async fn new(db: Db, protocol: &str) -> Self {
+        Self::with(db, protocol, |_| {}).await
+    }
+
+    async fn with(db: Db, protocol: &str, tweak: impl FnOnce(&mut ota_server::config::Config)) -> Self {
+        let (t, base) = TestCtx::with_http(db, |c| {
+            c.mqtt.port = 0;
+            tweak(c);
+        })
+        .await;
+        let offers = Arc::new(MemoryOffers::default());
+        let (tx, up) = mpsc::channel(10_000);
+        let gw = start_gateway(&t.state, offers.clone(), Some(tx)).await.unwrap();
+        let mqtt_port = gw.broker.tcp_addr.port();
+        let http = reqwest::Client::new();
+        let pk = format!("pk{}", protocol);
+        let p: Value = http
+            .post(format!("{base}/v1/products"))
+            .bearer_auth(&t.admin)
+            .json(&json!({"name": "meter", "protocol": protocol, "product_key": pk}))
+            .send().await.unwrap().json().await.unwrap();
+        let firmware: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        Self { t, gw, offers, up, http, base, mqtt_port, pk, product: p["id"].as_i64().unwrap(), firmware }
+    }
+
+    async fn device(&self, name: &str) -> (DeviceId, String) {
+        let d: Value = self
+            .http
+            .post(format!("{}/v1/products/{}/devices", self.base, self.product))
+            .bearer_auth(&self.t.admin)
+            .json(&json!({"name": name}))
+            .send().await.unwrap().json().await.unwrap();
+        (DeviceId(d["id"].as_i64().unwrap()), d["secret"].as_str().unwrap().to_owned())
+    }
+
+    /// Uploads version `version` as a package and returns the push that offers it.
+    async fn package(&self, version: &str, sign_method: &str) -> FirmwarePush {
+        let p: Value = self
+            .http
+            .post(format!("{}/v1/products/{}/packages", self.base, self.product))
+            .bearer_auth(&self.t.admin)
+            .json(&json!({"module": "default", "version": version, "kind": "full", "sign_method": sign_method}))
+            .send().await.unwrap().json().await.unwrap();
+        let id = p["id"].as_i64().unwrap();
+        let r = self
+            .http
+            .put(format!("{}/v1/packages/{id}/files/fw-{version}.bin", self.base))
+            .bearer_auth(&self.t.admin)
+            .body(self.firmware.clone())
+            .send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let p: Value = self
+            .http
+            .get(format!("{}/v1/packages/{id}", self.base))
+            .bearer_auth(&self.t.admin)
+            .send().await.unwrap().json().await.unwrap();
+        let f = &p["files"][0];
+        let method = if sign_method == "md5" { SignMethod::Md5 } else { SignMethod::Sha256 };
+        FirmwarePush {
+            module: ModuleName::default_module(),
+            version: Version::parse("v", version).unwrap(),
+            url: f["download_url"].as_str().unwrap().to_owned(),
+            size: f["size"].as_u64().unwrap(),
+            sign_method: method,
+            sign: f[sign_method].as_str().unwrap().to_owned(),
+            is_diff: false,
+            ext_data: vec![("campaign".into(), "spring".into())],
+        }
+    }
+
+    fn args(&self, name: &str, secret: &str, key_flag: &str, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--port".into(), self.mqtt_port.to_string(),
+            "--pk".into(), self.pk.clone(),
+            key_flag.into(), name.into(),
+            "--secret".into(), secret.into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    /// Waits for a device event matching `pred`.
+    async fn event(&mut self, what: &str, pred: impl Fn(&DeviceEvent) -> bool) -> DeviceEvent {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.up.recv()).await {
+                Ok(Some(ev)) if pred(&ev) => return ev,
+                Ok(Some(_)) => continue,
+                other => panic!("no {what} event: {other:?}"),
+            }
+        }
+    }
+
+    async fn module_version(&self, device: DeviceId) -> Option<String> {
+        let tenant = TenantId(1);
+        self.t
+            .store
+            .device_modules(tenant, device)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|m| m.module.as_str() == "default")
+            .map(|m| m.version.into_string())
+    }
+}
+
+fn is_inform(ev: &DeviceEvent, device: DeviceId, version: &str) -> bool {
+    ev.device == device
+        && matches!(&ev.kind, DeviceEventKind::Message(Uplink::Inform { version: v, .. }) if v.as_str() == version)
+}
+
+fn is_progress(ev: &DeviceEvent, device: DeviceId, step: i32) -> bool {
+    ev.device == device && matches!(&ev.kind, DeviceEventKind::Message(Uplink::Progress { step: s, .. }) if *s == step)
+}
+
+db_tests!(alink_device_takes_a_waiting_push_downloads_and_reports, enos_device_takes_a_push_and_gets_every_reply);
+
+// SPEC V1, V3: a Link Kit device that connects gets the push waiting for it (all five fields,
+// extData carrying the batch tags), downloads through the signed URL, verifies the MD5 with the
+// SDK's own check, reports progress and the new version; online state and history follow.
+async fn alink_device_takes_a_waiting_push_downloads_and_reports(db: Db) {
+    let mut f = Fleet::new(db, "alink").await;
+    let (id, secret) = f.device("lk-1").await;
+    let push = f.package("2.0.0", "md5").await;
+    f.offers.offer(id, push.clone());
+    let mut dev = Device::spawn("alink_device.py", &f.args("lk-1", &secret, "--dn", &["--mode", "push"]));
+    dev.expect("connected").await;
+    let fw = dev.expect("firmware").await;
+    assert_eq!(fw["notice"], 1, "a push, not a reply to a pull");
+    assert_eq!(fw["version"], "2.0.0");
+    assert_eq!(fw["sign_method"], "Md5");
+    assert_eq!(fw["sign"], push.sign);
+    assert_eq!(fw["size"], f.firmware.len());
+    assert_eq!(fw["module"], "default");
+    assert!(fw["extra"].as_str().unwrap().contains("spring"), "{fw}");
+    let dl = dev.expect("downloaded").await;
+    assert_eq!(dl["ok"], true, "the SDK's digest check passed: {dl}");
+    f.event("progress 10", |e| is_progress(e, id, 10)).await;
+    f.event("progress 100", |e| is_progress(e, id, 100)).await;
+    f.event("inform 2.0.0", |e| is_inform(e, id, "2.0.0")).await;
+    dev.expect("done").await;
+    assert_eq!(f.module_version(id).await.as_deref(), Some("2.0.0"));
+    let d = f.t.store.get_device(TenantId(1), id).await.unwrap();
+    assert!(d.activated_at.is_some() && d.last_seen_at.is_some());
+    let history = f.t.store.version_history(TenantId(1), id, None, ota_server::store::PageRequest::first(10)).await.unwrap();
+    let versions: Vec<&str> = history.items.iter().map(|r| r.version.as_str()).collect();
+    assert_eq!(versions, vec!["1.0.0", "2.0.0"]);
+    assert_eq!(dev.finish().await, 0);
+    f.event("disconnect", |e| e.device == id && matches!(e.kind, DeviceEventKind::Disconnected)).await;
+    assert!(!f.t.store.get_device(TenantId(1), id).await.unwrap().online);
+}
+
+// SPEC V2, V3: an EnOS device's blocking calls (inform, progress) all get their replies with the
+// request id echoed; the upgrade command arrives unsubscribed, the device replies, downloads
+// over the signed URL, checks the SHA-256 and reports the new version.
+async fn enos_device_takes_a_push_and_gets_every_reply(db: Db) {
+    let mut f = Fleet::new(db, "enos").await;
+    let (id, secret) = f.device("en-1").await;
+    let push = f.package("2.0.0", "sha256").await;
+    f.offers.offer(id, push.clone());
+    let mut dev = Device::spawn("enos_device.py", &f.args("en-1", &secret, "--dk", &["--mode", "push"]));
+    dev.expect("connected").await;
+    assert_eq!(dev.expect("informed").await["code"], 200);
+    let fw = dev.expect("firmware").await;
+    assert_eq!(fw["version"], "2.0.0");
+    assert_eq!(fw["sign_method"], "sha256");
+    assert_eq!(fw["sign"], push.sign);
+    assert_eq!(dev.expect("progress").await["code"], 200);
+    assert_eq!(dev.expect("downloaded").await["ok"], true);
+    dev.expect("done").await;
+    f.event("upgrade reply", |e| e.device == id && matches!(&e.kind, DeviceEventKind::Message(Uplink::UpgradeReply { code, .. }) if code == "200")).await;
+    f.event("inform 2.0.0", |e| is_inform(e, id, "2.0.0")).await;
+    assert_eq!(f.module_version(id).await.as_deref(), Some("2.0.0"));
+    assert_eq!(dev.finish().await, 0);
+}
+
+// SPEC V1: a Link Kit device pulls with firmware/get and gets the offer as get_reply (SHA256).
+#[actix_web::test]
+async fn alink_device_pulls_its_firmware() {
+    let f = Fleet::new(Db::Sqlite, "alink").await;
+    let (id, secret) = f.device("lk-pull").await;
+    let push = f.package("3.1.0", "sha256").await;
+    // Offered to the module the device pulls, after connect, so only the pull can bring it.
+    let mut dev = Device::spawn("alink_device.py", &f.args("lk-pull", &secret, "--dn", &["--mode", "pull", "--module", "mcu"]));
+    let mut p = push.clone();
+    p.module = ModuleName::parse("m", "mcu").unwrap();
+    dev.expect("connected").await;
+    f.offers.offer(id, p);
+    let fw = dev.expect("firmware").await;
+    assert_eq!(fw["notice"], 2, "the answer to a pull");
+    assert_eq!(fw["sign_method"], "SHA256");
+    assert_eq!(fw["module"], "mcu");
+    assert_eq!(dev.expect("downloaded").await["ok"], true);
+    dev.expect("done").await;
+    dev.finish().await;
+}
+
+// SPEC V2: EnOS "Device Request Upgrade" (ota.request) brings the push; getversion returns the
+// list of firmware the device may take.
+#[actix_web::test]
+async fn enos_device_requests_and_gets_versions() {
+    let f = Fleet::new(Db::Sqlite, "enos").await;
+    let (id, secret) = f.device("en-req").await;
+    let push = f.package("2.5.0", "md5").await;
+    let mut dev = Device::spawn("enos_device.py", &f.args("en-req", &secret, "--dk", &["--mode", "request", "--no-ack-upgrade"]));
+    dev.expect("connected").await;
+    dev.expect("informed").await;
+    // Offered only now: the connect and the inform found nothing waiting; the request brings it.
+    f.offers.offer(id, push.clone());
+    let fw = dev.expect("firmware").await;
+    assert_eq!(fw["version"], "2.5.0");
+    assert_eq!(dev.expect("downloaded").await["ok"], true);
+    dev.expect("done").await;
+    dev.finish().await;
+
+    let (id2, secret2) = f.device("en-gv").await;
+    f.offers.offer(id2, push);
+    let mut dev = Device::spawn("enos_device.py", &f.args("en-gv", &secret2, "--dk", &["--mode", "getversion"]));
+    let fw = dev.expect("firmware").await;
+    assert_eq!(fw["version"], "2.5.0");
+    assert_eq!(fw["sign_method"], "md5");
+    assert_eq!(dev.expect("downloaded").await["ok"], true);
+    dev.finish().await;
+}
+
+// SPEC V1, V2: each signing scheme connects with the right secret and is refused with a wrong
+// one (Link Kit's HMACs; EnOS's plain hashes, SHA-1 in upper case). Neither SDK reports a
+// refused CONNACK, so a refusal shows as no connection within the device's wait; all devices
+// run at once so the waits overlap.
+#[actix_web::test]
+async fn devices_authenticate_with_every_sign_method() {
+    let f = Fleet::new(Db::Sqlite, "alink").await;
+    let (_, secret) = f.device("lk-auth").await;
+    let e = Fleet::new(Db::Sqlite, "enos").await;
+    let (_, esecret) = e.device("en-auth").await;
+    let mut runs = vec![];
+    for sign in ["hmacsha1", "hmacsha256", "hmacmd5"] {
+        for (s, want) in [(secret.as_str(), "connected"), ("wrong-secret-00", "connect_failed")] {
+            let d = Device::spawn("alink_device.py", &f.args("lk-auth", s, "--dn", &["--mode", "connect", "--sign", sign]));
+            runs.push((format!("alink {sign} {want}"), d, want));
+        }
+        for (s, want) in [(esecret.as_str(), "connected"), ("wrong-secret-00", "connect_failed")] {
+            let d = Device::spawn("enos_device.py", &e.args("en-auth", s, "--dk", &["--mode", "connect", "--sign", sign]));
+            runs.push((format!("enos {sign} {want}"), d, want));
+        }
+    }
+    // an unknown device is refused too
+    let d = Device::spawn("enos_device.py", &e.args("nobody", "whatever-secret", "--dk", &["--mode", "connect"]));
+    runs.push(("unknown device".into(), d, "connect_failed"));
+    for (what, mut d, want) in runs {
+        let first = d.expect_any(&["connected", "connect_failed"]).await;
+        assert_eq!(first["event"], want, "{what}");
+        d.finish().await;
+    }
+}
+
+/// A TLS CA and a broker certificate for 127.0.0.1 signed by it; returns (dir, ca.pem).
+fn test_ca() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ota test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let (ca_pem, cert, key) = (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    (dir, ca_pem, cert, key)
+}
+
+// SPEC V1: the broker's TLS listener serves a Link Kit device that is given the test CA.
+#[actix_web::test]
+async fn alink_device_connects_over_tls() {
+    let (_dir, ca, cert, key) = test_ca();
+    let f = Fleet::with(Db::Sqlite, "alink", |c| {
+        c.mqtt.tls.port = 0;
+        c.mqtt.tls.cert = cert.display().to_string();
+        c.mqtt.tls.key = key.display().to_string();
+    })
+    .await;
+    let tls_port = f.gw.broker.tls_addr.unwrap().port();
+    let (id, secret) = f.device("lk-tls").await;
+    f.offers.offer(id, f.package("2.0.0", "md5").await);
+    let mut args = f.args("lk-tls", &secret, "--dn", &["--mode", "push", "--tls-ca", ca.to_str().unwrap()]);
+    args[1] = tls_port.to_string();
+    let mut dev = Device::spawn("alink_device.py", &args);
+    dev.expect("connected").await;
+    assert_eq!(dev.expect("downloaded").await["ok"], true);
+    dev.expect("done").await;
+    dev.finish().await;
+}
