@@ -297,15 +297,23 @@ async fn enos_device_takes_a_push_and_gets_every_reply(db: Db) {
 // SPEC V1: a Link Kit device pulls with firmware/get and gets the offer as get_reply (SHA256).
 #[actix_web::test]
 async fn alink_device_pulls_its_firmware() {
-    let f = Fleet::new(Db::Sqlite, "alink").await;
+    let mut f = Fleet::new(Db::Sqlite, "alink").await;
     let (id, secret) = f.device("lk-pull").await;
     let push = f.package("3.1.0", "sha256").await;
-    // Offered to the module the device pulls, after connect, so only the pull can bring it.
-    let mut dev = Device::spawn("alink_device.py", &f.args("lk-pull", &secret, "--dn", &["--mode", "pull", "--module", "mcu"]));
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let mut dev = Device::spawn(
+        "alink_device.py",
+        &f.args("lk-pull", &secret, "--dn", &["--mode", "pull", "--module", "mcu", "--pull-when", go.to_str().unwrap()]),
+    );
     let mut p = push.clone();
     p.module = ModuleName::parse("m", "mcu").unwrap();
     dev.expect("connected").await;
+    // Offered only after the device's version report went through (which found nothing
+    // waiting), so only the pull can bring it.
+    f.event("inform", |e| is_inform(e, id, "1.0.0")).await;
     f.offers.offer(id, p);
+    std::fs::write(&go, b"").unwrap();
     let fw = dev.expect("firmware").await;
     assert_eq!(fw["notice"], 2, "the answer to a pull");
     assert_eq!(fw["sign_method"], "SHA256");
@@ -322,11 +330,17 @@ async fn enos_device_requests_and_gets_versions() {
     let f = Fleet::new(Db::Sqlite, "enos").await;
     let (id, secret) = f.device("en-req").await;
     let push = f.package("2.5.0", "md5").await;
-    let mut dev = Device::spawn("enos_device.py", &f.args("en-req", &secret, "--dk", &["--mode", "request", "--no-ack-upgrade"]));
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let mut dev = Device::spawn(
+        "enos_device.py",
+        &f.args("en-req", &secret, "--dk", &["--mode", "request", "--no-ack-upgrade", "--request-when", go.to_str().unwrap()]),
+    );
     dev.expect("connected").await;
     dev.expect("informed").await;
     // Offered only now: the connect and the inform found nothing waiting; the request brings it.
     f.offers.offer(id, push.clone());
+    std::fs::write(&go, b"").unwrap();
     let fw = dev.expect("firmware").await;
     assert_eq!(fw["version"], "2.5.0");
     assert_eq!(dev.expect("downloaded").await["ok"], true);
@@ -414,4 +428,96 @@ async fn alink_device_connects_over_tls() {
     assert_eq!(dev.expect("downloaded").await["ok"], true);
     dev.expect("done").await;
     dev.finish().await;
+}
+
+// SPEC V4: a device's unparsable message, a message on a topic that is not an OTA uplink, a
+// message on another device's topic, and a message from a device deleted after it connected
+// are dropped and counted; none touches another device, and the device's next good message
+// and the server go on working.
+#[actix_web::test]
+async fn bad_device_messages_are_rejected_and_counted() {
+    let mut f = Fleet::new(Db::Sqlite, "alink").await;
+    let (victim, _) = f.device("victim").await;
+    let (id, secret) = f.device("rogue").await;
+    let (gone, gone_secret) = f.device("gone").await;
+    f.t.store
+        .record_version_report(TenantId(1), victim, &ModuleName::default_module(), &Version::parse("v", "1.0.0").unwrap(), T0)
+        .await
+        .unwrap();
+    let pk = f.pk.clone();
+    let messages = json!([
+        [format!("/ota/device/inform/{pk}/rogue"), "{not json"],
+        [format!("/ota/device/inform/{pk}/rogue"), "{\"id\":1,\"params\":{\"version\":\"\"}}"],
+        [format!("/ota/device/progress/{pk}/rogue"), "[1,2,3]"],
+        [format!("/ota/device/inform/{pk}/victim"), "{\"id\":1,\"params\":{\"version\":\"6.6.6\"}}"],
+        [format!("/sys/{pk}/rogue/thing/event/property/post"), "{}"],
+        [format!("/ota/device/inform/{pk}/rogue"), "{\"id\":1,\"params\":{\"version\":\"1.2.3\"}}"],
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messages.json");
+    std::fs::write(&file, messages.to_string()).unwrap();
+    let mut dev = Device::spawn("raw_device.py", &f.args("rogue", &secret, "--dn", &["--mode", "publish", "--messages", file.to_str().unwrap()]));
+    dev.expect("published").await;
+    // the good message after the bad ones is recorded
+    f.event("rogue's good report", |e| is_inform(e, id, "1.2.3")).await;
+    assert_eq!(dev.finish().await, 0);
+
+    // a device deleted while connected: its messages name an unknown device
+    let own = dir.path().join("own.json");
+    std::fs::write(&own, json!([[format!("/ota/device/inform/{pk}/gone"), "{\"id\":1,\"params\":{\"version\":\"1.0.1\"}}"]]).to_string()).unwrap();
+    let mut dev = Device::spawn("raw_device.py", &f.args("gone", &gone_secret, "--dn", &["--mode", "publish", "--messages", own.to_str().unwrap()]));
+    f.event("gone connected", |e| e.device == gone && matches!(e.kind, DeviceEventKind::Connected)).await;
+    f.t.store.delete_device(TenantId(1), gone).await.unwrap();
+    dev.expect("published").await;
+    dev.finish().await;
+
+    let m = &f.t.state.metrics;
+    let count = |reason| m.counter("ota_device_messages_rejected_total", &[("reason", reason)]);
+    assert_eq!(count("unparsable"), 3, "{}", m.render());
+    assert_eq!(count("not_allowed"), 1, "the victim's topic: {}", m.render());
+    assert_eq!(count("unknown_topic"), 1, "{}", m.render());
+    assert_eq!(count("unknown_device"), 1, "{}", m.render());
+    assert_eq!(f.module_version(victim).await.as_deref(), Some("1.0.0"), "the victim is untouched");
+    assert_eq!(f.module_version(id).await.as_deref(), Some("1.2.3"));
+    // and the server still serves
+    let r = f.http.get(format!("{}/ready", f.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = f.http.get(format!("{}/metrics", f.base)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("ota_device_messages_rejected_total{reason=\"unparsable\"} 3"), "{text}");
+    // both sessions ended: the online gauge comes back to zero, deleted device included
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !m.render().contains("ota_devices_online 0\n") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", m.render());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// SPEC V1 (DESIGN §8): hundreds of back-to-back reconnects, each session's first message
+// answered at once by a push, lose no push: the device is subscribed before CONNACK and the
+// router's subscription changes are serialized.
+#[actix_web::test]
+async fn reconnect_race_loses_no_push() {
+    let mut f = Fleet::new(Db::Sqlite, "alink").await;
+    let (id, secret) = f.device("racer").await;
+    let push = f.package("9.9.9", "md5").await;
+    let cycles = 300;
+    let mut dev = Device::spawn("raw_device.py", &f.args("racer", &secret, "--dn", &["--mode", "race", "--cycles", &cycles.to_string()]));
+    let identity = ota_server::dispatch::gateway::DeviceIdentity { product_key: f.pk.clone(), device: "racer".into() };
+    let router = f.gw.router.clone();
+    let mut answered = 0;
+    let result = loop {
+        tokio::select! {
+            ev = f.up.recv() => {
+                let ev = ev.unwrap();
+                if ev.device == id && matches!(ev.kind, DeviceEventKind::Message(Uplink::Inform { .. })) {
+                    router.push(ota_server::domain::Protocol::Alink, &identity, &push).await;
+                    answered += 1;
+                }
+            }
+            line = dev.expect("race") => break line,
+        }
+    };
+    assert_eq!(result["ok"], cycles, "{result}; {answered} pushes sent");
+    assert_eq!(result["lost"], 0, "{result}");
+    assert_eq!(answered, cycles);
 }

@@ -38,6 +38,8 @@ def main():
                     help="hmacsha1 is what the SDK signs with; the others go through its "
                          "verbatim credentials mode, as other Link SDKs sign")
     ap.add_argument("--tls-ca", default=None, help="CA certificate (PEM) that signs the broker's certificate")
+    ap.add_argument("--pull-when", default=None,
+                    help="pull only once this file exists (the test creates it when the offer is set)")
     ap.add_argument("--timeout", type=float, default=30.0)
     a = ap.parse_args()
 
@@ -86,6 +88,10 @@ def main():
 
     lk.ota_report_version(a.module, a.version)
     if a.mode == "pull":
+        if a.pull_when:
+            deadline = time.time() + a.timeout
+            while not os.path.exists(a.pull_when) and time.time() < deadline:
+                time.sleep(0.02)
         lk.query_ota_firmware(a.module)
     if not got_firmware.wait(a.timeout):
         emit(event="no_firmware")

@@ -10,6 +10,7 @@ Prints one JSON object per line on stdout for the test that runs it:
 import argparse
 import hashlib
 import json
+import os
 import sys
 import threading
 import time
@@ -69,6 +70,8 @@ def main():
     ap.add_argument("--mode", choices=["connect", "push", "request", "getversion", "reject"], default="push")
     ap.add_argument("--sign", choices=["hmacsha1", "hmacsha256", "hmacmd5"], default="hmacsha256")
     ap.add_argument("--no-ack-upgrade", action="store_true", help="like the SDK samples: no upgrade_reply")
+    ap.add_argument("--request-when", default=None,
+                    help="send ota.request only once this file exists (the test creates it when the offer is set)")
     ap.add_argument("--timeout", type=float, default=30.0)
     a = ap.parse_args()
 
@@ -115,6 +118,10 @@ def main():
     emit(event="informed", code=r.get_code())
 
     if a.mode == "request":
+        if a.request_when:
+            deadline = time.time() + a.timeout
+            while not os.path.exists(a.request_when) and time.time() < deadline:
+                time.sleep(0.02)
         client.fast_publish(OtaRequestBuilder().build())
     if a.mode == "getversion":
         resp = client.publish(OtaGetVersionRequest.builder().build())

@@ -126,7 +126,13 @@ pub struct Router {
     pub up: Option<mpsc::Sender<DeviceEvent>>,
     push_ids: AtomicU64,
     last_logged: std::sync::Mutex<HashMap<String, Millis>>,
+    /// Resolved identities of connected devices: an uplink needs no database lookup. Filled
+    /// on connect, dropped on disconnect, and dropped when the store no longer knows the
+    /// device (deleted while connected), so it holds at most the online sessions.
+    resolved: std::sync::Mutex<HashMap<DeviceIdentity, Resolved>>,
 }
+
+type Resolved = (Protocol, TenantId, DeviceId);
 
 const REJECTED: &str = "ota_device_messages_rejected_total";
 const REJECTED_HELP: &str = "Device messages dropped: unparsable, unknown device or not allowed (SPEC V4).";
@@ -155,6 +161,7 @@ impl Router {
             up,
             push_ids: AtomicU64::new(clock_seed()),
             last_logged: Default::default(),
+            resolved: Default::default(),
         }
     }
 
@@ -210,7 +217,24 @@ impl Router {
         }
     }
 
-    async fn resolve(&self, device: &DeviceIdentity) -> Option<(Protocol, TenantId, DeviceId)> {
+    async fn resolve(&self, device: &DeviceIdentity) -> Option<Resolved> {
+        if let Some(r) = self.resolved.lock().ok().and_then(|m| m.get(device).copied()) {
+            return Some(r);
+        }
+        let r = self.resolve_in_store(device).await?;
+        if let Ok(mut m) = self.resolved.lock() {
+            m.insert(device.clone(), r);
+        }
+        Some(r)
+    }
+
+    fn forget(&self, device: &DeviceIdentity) {
+        if let Ok(mut m) = self.resolved.lock() {
+            m.remove(device);
+        }
+    }
+
+    async fn resolve_in_store(&self, device: &DeviceIdentity) -> Option<Resolved> {
         match self
             .store
             .device_by_identity(&device.product_key, &device.device)
@@ -234,12 +258,20 @@ impl Router {
     }
 
     async fn connection(&self, device: DeviceIdentity, online: bool, at: Millis) {
-        let Some((protocol, tenant, id)) = self.resolve(&device).await else {
+        // The gauge counts sessions, whatever the registry says of the device now.
+        self.metrics
+            .add_gauge(ONLINE, ONLINE_HELP, &[], if online { 1 } else { -1 });
+        // A new session starts from the store's view of the device; an ended one leaves none.
+        self.forget(&device);
+        let resolved = if online {
+            self.resolve(&device).await
+        } else {
+            self.resolve_in_store(&device).await
+        };
+        let Some((protocol, tenant, id)) = resolved else {
             // deleted between CONNECT and now; nothing to record
             return;
         };
-        self.metrics
-            .add_gauge(ONLINE, ONLINE_HELP, &[], if online { 1 } else { -1 });
         if let Err(e) = self.store.set_device_online(tenant, id, online, at).await {
             tracing::error!(error = %e, "recording a device connection failed");
         }
@@ -323,16 +355,20 @@ impl Router {
                 return self.reject(Some(&device), "unparsable", &e.to_string());
             }
         };
-        self.metrics
-            .inc(RECEIVED, RECEIVED_HELP, &[("kind", uplink_kind(&msg))], 1);
         let message = DeviceMessage {
             product_key: device.product_key.clone(),
             device: device.device.clone(),
             kind: msg.clone(),
             request_id: request_id.clone(),
         };
-        self.apply(protocol, tenant, id, &device, &parsed.kind, &message, at)
-            .await;
+        if !self
+            .apply(protocol, tenant, id, &device, &parsed.kind, &message, at)
+            .await
+        {
+            return;
+        }
+        self.metrics
+            .inc(RECEIVED, RECEIVED_HELP, &[("kind", uplink_kind(&msg))], 1);
         self.send_up(DeviceEvent {
             tenant,
             device: id,
@@ -358,16 +394,23 @@ impl Router {
         kind: &TopicKind,
         msg: &DeviceMessage,
         at: Millis,
-    ) {
+    ) -> bool {
         let (pk, dn) = (device.product_key.as_str(), device.device.as_str());
         match &msg.kind {
             Uplink::Inform { module, version } => {
-                if let Err(e) = self
+                match self
                     .store
                     .record_version_report(tenant, id, module, version, at)
                     .await
                 {
-                    tracing::warn!(error = %e, "recording a version report failed");
+                    Ok(()) => {}
+                    Err(crate::store::StoreError::NotFound(_)) => {
+                        // deleted while connected
+                        self.forget(device);
+                        self.reject(Some(device), "unknown_device", "no such device");
+                        return false;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "recording a version report failed"),
                 }
                 self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
                 self.push_pending(protocol, tenant, id, device, Some(module))
@@ -401,6 +444,7 @@ impl Router {
                 }
             }
         }
+        true
     }
 
     /// EnOS SDK calls block until their reply comes (checklist #3), so every EnOS request

@@ -1,0 +1,103 @@
+"""A bare paho-mqtt client with Link Kit credentials (HMAC-SHA1, as the SDK signs), for what
+the SDKs never do on their own: malformed and foreign messages, and connect storms.
+
+Modes:
+  publish  --messages FILE   publish each [topic, payload] of the JSON list at QoS 1, then
+                             report {"event": "published", "count": N}
+  race     --cycles N        N back-to-back sessions, each with a fresh client id: connect,
+                             publish a version report as the first message, wait for the push
+                             the server sends in answer (never subscribing), disconnect;
+                             report {"event": "race", "ok": .., "lost": .., "seconds": ..}
+"""
+import argparse
+import hashlib
+import hmac
+import json
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+
+def emit(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def credentials(pk, dn, secret, n):
+    ts = str(int(time.time() * 1000) + n)
+    cid = "%s&%s" % (pk, dn)
+    content = "clientId%sdeviceName%sproductKey%stimestamp%s" % (cid, dn, pk, ts)
+    return (
+        "%s|securemode=3,signmethod=hmacsha1,timestamp=%s|" % (cid, ts),
+        "%s&%s" % (dn, pk),
+        hmac.new(secret.encode(), content.encode(), hashlib.sha1).hexdigest(),
+    )
+
+
+def session(a, n, on_message=None):
+    cid, user, pw = credentials(a.pk, a.dn, a.secret, n)
+    c = mqtt.Client(client_id=cid, clean_session=True, protocol=mqtt.MQTTv311)
+    c.username_pw_set(user, pw)
+    connected = threading.Event()
+    c.on_connect = lambda cl, u, f, rc: rc == 0 and connected.set()
+    if on_message:
+        c.on_message = on_message
+    c.connect(a.host, a.port, keepalive=60)
+    c.loop_start()
+    if not connected.wait(10):
+        c.loop_stop()
+        return None
+    return c
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--pk", required=True)
+    ap.add_argument("--dn", required=True)
+    ap.add_argument("--secret", required=True)
+    ap.add_argument("--mode", choices=["publish", "race"], required=True)
+    ap.add_argument("--messages")
+    ap.add_argument("--cycles", type=int, default=300)
+    a = ap.parse_args()
+
+    if a.mode == "publish":
+        with open(a.messages) as f:
+            messages = json.load(f)
+        c = session(a, 0)
+        if c is None:
+            emit(event="connect_failed")
+            return 2
+        emit(event="connected")
+        for topic, payload in messages:
+            c.publish(topic, payload.encode() if isinstance(payload, str) else bytes(payload), qos=1).wait_for_publish(10)
+        emit(event="published", count=len(messages))
+        time.sleep(0.2)
+        c.disconnect()
+        c.loop_stop()
+        return 0
+
+    ok = lost = 0
+    start = time.time()
+    inform = "/ota/device/inform/%s/%s" % (a.pk, a.dn)
+    for n in range(a.cycles):
+        got = threading.Event()
+        c = session(a, n, on_message=lambda cl, u, m: "/ota/device/upgrade/" in m.topic and got.set())
+        if c is None:
+            lost += 1
+            continue
+        c.publish(inform, json.dumps({"id": 1, "params": {"version": "1.0.%d" % n}}), qos=1)
+        if got.wait(10):
+            ok += 1
+        else:
+            lost += 1
+        c.disconnect()
+        c.loop_stop()
+    emit(event="race", ok=ok, lost=lost, seconds=round(time.time() - start, 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
