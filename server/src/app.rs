@@ -130,19 +130,21 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let listener = std::net::TcpListener::bind((config.http.bind.as_str(), config.http.port))?;
     let port = listener.local_addr()?.port();
     let public_url = config.public_url(port);
-    tracing::info!(
-        address = %listener.local_addr()?,
-        %public_url,
-        database = %config.redacted().database_url(),
-        "ota-server listening"
-    );
-    let state = build_state(config, store, Arc::new(SystemClock), public_url).await?;
+    let database = config.redacted().database_url();
+    let state = build_state(config, store, Arc::new(SystemClock), public_url.clone()).await?;
     // Until the rollout engine exists nothing is waiting for any device.
     let _gateway = if state.config.mqtt.mode == "embedded" {
         Some(start_gateway(&state, Arc::new(crate::dispatch::router::NoOffers), None).await?)
     } else {
         None
     };
+    // Logged last: when this line shows, the API and the device gateway both take connections.
+    tracing::info!(
+        address = %listener.local_addr()?,
+        %public_url,
+        %database,
+        "ota-server listening"
+    );
     api::run(state, listener).await?;
     Ok(())
 }

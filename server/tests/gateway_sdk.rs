@@ -327,7 +327,7 @@ async fn alink_device_pulls_its_firmware() {
 // list of firmware the device may take.
 #[actix_web::test]
 async fn enos_device_requests_and_gets_versions() {
-    let f = Fleet::new(Db::Sqlite, "enos").await;
+    let mut f = Fleet::new(Db::Sqlite, "enos").await;
     let (id, secret) = f.device("en-req").await;
     let push = f.package("2.5.0", "md5").await;
     let dir = tempfile::tempdir().unwrap();
@@ -338,6 +338,7 @@ async fn enos_device_requests_and_gets_versions() {
     );
     dev.expect("connected").await;
     dev.expect("informed").await;
+    f.event("inform", |e| is_inform(e, id, "1.0.0")).await;
     // Offered only now: the connect and the inform found nothing waiting; the request brings it.
     f.offers.offer(id, push.clone());
     std::fs::write(&go, b"").unwrap();

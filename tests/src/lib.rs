@@ -38,6 +38,8 @@ pub async fn cli(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<std:
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// `host:port` of the embedded MQTT broker, when it runs.
+    pub mqtt: Option<String>,
     pub data_dir: PathBuf,
     pub bin: PathBuf,
     pub env: Vec<(String, String)>,
@@ -68,6 +70,8 @@ impl Server {
         cmd.arg("--data-dir")
             .arg(&data_dir)
             .arg("--port")
+            .arg("0")
+            .arg("--mqtt-port")
             .arg("0")
             .args(&opts.args)
             .arg("serve")
@@ -116,9 +120,19 @@ impl Server {
         } else {
             "http"
         };
+        let mqtt = log.lock().unwrap().iter().find_map(|l| {
+            let l = strip_ansi(l);
+            if !l.contains("mqtt listening") {
+                return None;
+            }
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("address="))
+                .map(str::to_owned)
+        });
         Ok(Self {
             child,
             base: format!("{scheme}://{addr}"),
+            mqtt,
             data_dir,
             bin,
             env: opts.env,
