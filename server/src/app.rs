@@ -95,7 +95,11 @@ pub async fn start_gateway(
     let tls = if cfg.tls.cert.is_empty() {
         None
     } else {
-        Some((addr(cfg.tls.port)?, cfg.tls.cert.clone(), cfg.tls.key.clone()))
+        Some((
+            addr(cfg.tls.port)?,
+            cfg.tls.cert.clone(),
+            cfg.tls.key.clone(),
+        ))
     };
     let (tx, rx) = mpsc::channel(4096);
     let broker = Arc::new(

@@ -26,18 +26,36 @@ impl Metrics {
     }
 
     /// Adds `by` to the counter `name{labels}`.
-    pub fn inc(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], by: u64) {
+    pub fn inc(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        by: u64,
+    ) {
         self.describe(name, "counter", help);
-        let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
         if let Ok(mut c) = self.counters.lock() {
             *c.entry(key).or_default() += by;
         }
     }
 
     /// Moves the gauge `name{labels}` by `delta`.
-    pub fn add_gauge(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], delta: i64) {
+    pub fn add_gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        delta: i64,
+    ) {
         self.describe(name, "gauge", help);
-        let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
         if let Ok(mut g) = self.gauges.lock() {
             *g.entry(key).or_default() += delta;
         }
@@ -45,7 +63,10 @@ impl Metrics {
 
     /// The current value of a counter (for tests and health views).
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
-        let key: Key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+        let key: Key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
         self.counters
             .lock()
             .ok()
@@ -69,12 +90,18 @@ impl Metrics {
         let mut by_name: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
         if let Ok(c) = self.counters.lock() {
             for ((name, labels), v) in c.iter() {
-                by_name.entry(name).or_default().push((fmt_labels(labels), v.to_string()));
+                by_name
+                    .entry(name)
+                    .or_default()
+                    .push((fmt_labels(labels), v.to_string()));
             }
         }
         if let Ok(g) = self.gauges.lock() {
             for ((name, labels), v) in g.iter() {
-                by_name.entry(name).or_default().push((fmt_labels(labels), v.to_string()));
+                by_name
+                    .entry(name)
+                    .or_default()
+                    .push((fmt_labels(labels), v.to_string()));
             }
         }
         for (name, values) in by_name {
@@ -91,7 +118,10 @@ fn fmt_labels(labels: &[(&'static str, String)]) -> String {
     let inner: Vec<String> = labels
         .iter()
         .map(|(k, v)| {
-            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             format!("{k}=\"{v}\"")
         })
         .collect();
@@ -111,8 +141,14 @@ mod tests {
         m.add_gauge("ota_online", "Online devices.", &[], 5);
         m.add_gauge("ota_online", "Online devices.", &[], -2);
         let text = m.render();
-        assert!(text.contains("# TYPE ota_x_total counter\nota_x_total{kind=\"a\\\"b\"} 3\n"), "{text}");
-        assert!(text.contains("# TYPE ota_online gauge\nota_online 3\n"), "{text}");
+        assert!(
+            text.contains("# TYPE ota_x_total counter\nota_x_total{kind=\"a\\\"b\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE ota_online gauge\nota_online 3\n"),
+            "{text}"
+        );
         assert_eq!(m.counter("ota_x_total", &[("kind", "a\"b")]), 3);
     }
 }

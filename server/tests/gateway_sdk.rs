@@ -42,7 +42,11 @@ struct Device {
 impl Device {
     fn spawn(script: &str, args: &[String]) -> Self {
         let py = python();
-        assert!(py.exists(), "{} is missing: run scripts/test (it creates the SDK venv)", py.display());
+        assert!(
+            py.exists(),
+            "{} is missing: run scripts/test (it creates the SDK venv)",
+            py.display()
+        );
         let dir = tempfile::tempdir().unwrap();
         let stderr = dir.path().join("stderr.log");
         let mut child = tokio::process::Command::new(py)
@@ -54,7 +58,13 @@ impl Device {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
-        Self { child, lines: BufReader::new(out).lines(), seen: vec![], stderr, _dir: dir }
+        Self {
+            child,
+            lines: BufReader::new(out).lines(),
+            seen: vec![],
+            stderr,
+            _dir: dir,
+        }
     }
 
     /// Reads events until `event` comes; panics with everything seen on timeout or exit.
@@ -65,7 +75,8 @@ impl Device {
             match line {
                 Ok(Ok(Some(l))) => {
                     self.seen.push(l.clone());
-                    let v: Value = serde_json::from_str(&l).unwrap_or(json!({"event": "?", "raw": l}));
+                    let v: Value =
+                        serde_json::from_str(&l).unwrap_or(json!({"event": "?", "raw": l}));
                     if v["event"] == event {
                         return v;
                     }
@@ -74,8 +85,18 @@ impl Device {
                     // the process may still be writing its traceback
                     let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
                     let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-                    let tail: String = err.chars().rev().take(3000).collect::<String>().chars().rev().collect();
-                    panic!("waiting for {event:?}: {other:?}; device said {:?}; stderr tail:\n{tail}", self.seen)
+                    let tail: String = err
+                        .chars()
+                        .rev()
+                        .take(3000)
+                        .collect::<String>()
+                        .chars()
+                        .rev()
+                        .collect();
+                    panic!(
+                        "waiting for {event:?}: {other:?}; device said {:?}; stderr tail:\n{tail}",
+                        self.seen
+                    )
                 }
             }
         }
@@ -93,13 +114,21 @@ impl Device {
                         return v;
                     }
                 }
-                other => panic!("waiting for {events:?}: {other:?}; device said {:?}", self.seen),
+                other => panic!(
+                    "waiting for {events:?}: {other:?}; device said {:?}",
+                    self.seen
+                ),
             }
         }
     }
 
     async fn finish(mut self) -> i32 {
-        tokio::time::timeout(WAIT, self.child.wait()).await.unwrap().unwrap().code().unwrap_or(-1)
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
     }
 }
 
@@ -122,7 +151,11 @@ impl Fleet {
         Self::with(db, protocol, |_| {}).await
     }
 
-    async fn with(db: Db, protocol: &str, tweak: impl FnOnce(&mut ota_server::config::Config)) -> Self {
+    async fn with(
+        db: Db,
+        protocol: &str,
+        tweak: impl FnOnce(&mut ota_server::config::Config),
+    ) -> Self {
         let (t, base) = TestCtx::with_http(db, |c| {
             c.mqtt.port = 0;
             tweak(c);
@@ -130,7 +163,9 @@ impl Fleet {
         .await;
         let offers = Arc::new(MemoryOffers::default());
         let (tx, up) = mpsc::channel(10_000);
-        let gw = start_gateway(&t.state, offers.clone(), Some(tx)).await.unwrap();
+        let gw = start_gateway(&t.state, offers.clone(), Some(tx))
+            .await
+            .unwrap();
         let mqtt_port = gw.broker.tcp_addr.port();
         let http = reqwest::Client::new();
         let pk = format!("pk{}", protocol);
@@ -138,19 +173,46 @@ impl Fleet {
             .post(format!("{base}/v1/products"))
             .bearer_auth(&t.admin)
             .json(&json!({"name": "meter", "protocol": protocol, "product_key": pk}))
-            .send().await.unwrap().json().await.unwrap();
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let firmware: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        Self { t, gw, offers, up, http, base, mqtt_port, pk, product: p["id"].as_i64().unwrap(), firmware }
+        Self {
+            t,
+            gw,
+            offers,
+            up,
+            http,
+            base,
+            mqtt_port,
+            pk,
+            product: p["id"].as_i64().unwrap(),
+            firmware,
+        }
     }
 
     async fn device(&self, name: &str) -> (DeviceId, String) {
         let d: Value = self
             .http
-            .post(format!("{}/v1/products/{}/devices", self.base, self.product))
+            .post(format!(
+                "{}/v1/products/{}/devices",
+                self.base, self.product
+            ))
             .bearer_auth(&self.t.admin)
             .json(&json!({"name": name}))
-            .send().await.unwrap().json().await.unwrap();
-        (DeviceId(d["id"].as_i64().unwrap()), d["secret"].as_str().unwrap().to_owned())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            DeviceId(d["id"].as_i64().unwrap()),
+            d["secret"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// Uploads version `version` as a package and returns the push that offers it.
@@ -164,18 +226,32 @@ impl Fleet {
         let id = p["id"].as_i64().unwrap();
         let r = self
             .http
-            .put(format!("{}/v1/packages/{id}/files/fw-{version}.bin", self.base))
+            .put(format!(
+                "{}/v1/packages/{id}/files/fw-{version}.bin",
+                self.base
+            ))
             .bearer_auth(&self.t.admin)
             .body(self.firmware.clone())
-            .send().await.unwrap();
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201);
         let p: Value = self
             .http
             .get(format!("{}/v1/packages/{id}", self.base))
             .bearer_auth(&self.t.admin)
-            .send().await.unwrap().json().await.unwrap();
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let f = &p["files"][0];
-        let method = if sign_method == "md5" { SignMethod::Md5 } else { SignMethod::Sha256 };
+        let method = if sign_method == "md5" {
+            SignMethod::Md5
+        } else {
+            SignMethod::Sha256
+        };
         FirmwarePush {
             module: ModuleName::default_module(),
             version: Version::parse("v", version).unwrap(),
@@ -190,10 +266,14 @@ impl Fleet {
 
     fn args(&self, name: &str, secret: &str, key_flag: &str, extra: &[&str]) -> Vec<String> {
         let mut a: Vec<String> = vec![
-            "--port".into(), self.mqtt_port.to_string(),
-            "--pk".into(), self.pk.clone(),
-            key_flag.into(), name.into(),
-            "--secret".into(), secret.into(),
+            "--port".into(),
+            self.mqtt_port.to_string(),
+            "--pk".into(),
+            self.pk.clone(),
+            key_flag.into(),
+            name.into(),
+            "--secret".into(),
+            secret.into(),
         ];
         a.extend(extra.iter().map(|s| s.to_string()));
         a
@@ -230,10 +310,14 @@ fn is_inform(ev: &DeviceEvent, device: DeviceId, version: &str) -> bool {
 }
 
 fn is_progress(ev: &DeviceEvent, device: DeviceId, step: i32) -> bool {
-    ev.device == device && matches!(&ev.kind, DeviceEventKind::Message(Uplink::Progress { step: s, .. }) if *s == step)
+    ev.device == device
+        && matches!(&ev.kind, DeviceEventKind::Message(Uplink::Progress { step: s, .. }) if *s == step)
 }
 
-db_tests!(alink_device_takes_a_waiting_push_downloads_and_reports, enos_device_takes_a_push_and_gets_every_reply);
+db_tests!(
+    alink_device_takes_a_waiting_push_downloads_and_reports,
+    enos_device_takes_a_push_and_gets_every_reply
+);
 
 // SPEC V1, V3: a Link Kit device that connects gets the push waiting for it (all five fields,
 // extData carrying the batch tags), downloads through the signed URL, verifies the MD5 with the
@@ -243,7 +327,10 @@ async fn alink_device_takes_a_waiting_push_downloads_and_reports(db: Db) {
     let (id, secret) = f.device("lk-1").await;
     let push = f.package("2.0.0", "md5").await;
     f.offers.offer(id, push.clone());
-    let mut dev = Device::spawn("alink_device.py", &f.args("lk-1", &secret, "--dn", &["--mode", "push"]));
+    let mut dev = Device::spawn(
+        "alink_device.py",
+        &f.args("lk-1", &secret, "--dn", &["--mode", "push"]),
+    );
     dev.expect("connected").await;
     let fw = dev.expect("firmware").await;
     assert_eq!(fw["notice"], 1, "a push, not a reply to a pull");
@@ -262,11 +349,23 @@ async fn alink_device_takes_a_waiting_push_downloads_and_reports(db: Db) {
     assert_eq!(f.module_version(id).await.as_deref(), Some("2.0.0"));
     let d = f.t.store.get_device(TenantId(1), id).await.unwrap();
     assert!(d.activated_at.is_some() && d.last_seen_at.is_some());
-    let history = f.t.store.version_history(TenantId(1), id, None, ota_server::store::PageRequest::first(10)).await.unwrap();
+    let history =
+        f.t.store
+            .version_history(
+                TenantId(1),
+                id,
+                None,
+                ota_server::store::PageRequest::first(10),
+            )
+            .await
+            .unwrap();
     let versions: Vec<&str> = history.items.iter().map(|r| r.version.as_str()).collect();
     assert_eq!(versions, vec!["1.0.0", "2.0.0"]);
     assert_eq!(dev.finish().await, 0);
-    f.event("disconnect", |e| e.device == id && matches!(e.kind, DeviceEventKind::Disconnected)).await;
+    f.event("disconnect", |e| {
+        e.device == id && matches!(e.kind, DeviceEventKind::Disconnected)
+    })
+    .await;
     assert!(!f.t.store.get_device(TenantId(1), id).await.unwrap().online);
 }
 
@@ -278,7 +377,10 @@ async fn enos_device_takes_a_push_and_gets_every_reply(db: Db) {
     let (id, secret) = f.device("en-1").await;
     let push = f.package("2.0.0", "sha256").await;
     f.offers.offer(id, push.clone());
-    let mut dev = Device::spawn("enos_device.py", &f.args("en-1", &secret, "--dk", &["--mode", "push"]));
+    let mut dev = Device::spawn(
+        "enos_device.py",
+        &f.args("en-1", &secret, "--dk", &["--mode", "push"]),
+    );
     dev.expect("connected").await;
     assert_eq!(dev.expect("informed").await["code"], 200);
     let fw = dev.expect("firmware").await;
@@ -304,7 +406,19 @@ async fn alink_device_pulls_its_firmware() {
     let go = dir.path().join("go");
     let mut dev = Device::spawn(
         "alink_device.py",
-        &f.args("lk-pull", &secret, "--dn", &["--mode", "pull", "--module", "mcu", "--pull-when", go.to_str().unwrap()]),
+        &f.args(
+            "lk-pull",
+            &secret,
+            "--dn",
+            &[
+                "--mode",
+                "pull",
+                "--module",
+                "mcu",
+                "--pull-when",
+                go.to_str().unwrap(),
+            ],
+        ),
     );
     let mut p = push.clone();
     p.module = ModuleName::parse("m", "mcu").unwrap();
@@ -334,7 +448,18 @@ async fn enos_device_requests_and_gets_versions() {
     let go = dir.path().join("go");
     let mut dev = Device::spawn(
         "enos_device.py",
-        &f.args("en-req", &secret, "--dk", &["--mode", "request", "--no-ack-upgrade", "--request-when", go.to_str().unwrap()]),
+        &f.args(
+            "en-req",
+            &secret,
+            "--dk",
+            &[
+                "--mode",
+                "request",
+                "--no-ack-upgrade",
+                "--request-when",
+                go.to_str().unwrap(),
+            ],
+        ),
     );
     dev.expect("connected").await;
     dev.expect("informed").await;
@@ -350,7 +475,10 @@ async fn enos_device_requests_and_gets_versions() {
 
     let (id2, secret2) = f.device("en-gv").await;
     f.offers.offer(id2, push);
-    let mut dev = Device::spawn("enos_device.py", &f.args("en-gv", &secret2, "--dk", &["--mode", "getversion"]));
+    let mut dev = Device::spawn(
+        "enos_device.py",
+        &f.args("en-gv", &secret2, "--dk", &["--mode", "getversion"]),
+    );
     let fw = dev.expect("firmware").await;
     assert_eq!(fw["version"], "2.5.0");
     assert_eq!(fw["sign_method"], "md5");
@@ -370,17 +498,32 @@ async fn devices_authenticate_with_every_sign_method() {
     let (_, esecret) = e.device("en-auth").await;
     let mut runs = vec![];
     for sign in ["hmacsha1", "hmacsha256", "hmacmd5"] {
-        for (s, want) in [(secret.as_str(), "connected"), ("wrong-secret-00", "connect_failed")] {
-            let d = Device::spawn("alink_device.py", &f.args("lk-auth", s, "--dn", &["--mode", "connect", "--sign", sign]));
+        for (s, want) in [
+            (secret.as_str(), "connected"),
+            ("wrong-secret-00", "connect_failed"),
+        ] {
+            let d = Device::spawn(
+                "alink_device.py",
+                &f.args("lk-auth", s, "--dn", &["--mode", "connect", "--sign", sign]),
+            );
             runs.push((format!("alink {sign} {want}"), d, want));
         }
-        for (s, want) in [(esecret.as_str(), "connected"), ("wrong-secret-00", "connect_failed")] {
-            let d = Device::spawn("enos_device.py", &e.args("en-auth", s, "--dk", &["--mode", "connect", "--sign", sign]));
+        for (s, want) in [
+            (esecret.as_str(), "connected"),
+            ("wrong-secret-00", "connect_failed"),
+        ] {
+            let d = Device::spawn(
+                "enos_device.py",
+                &e.args("en-auth", s, "--dk", &["--mode", "connect", "--sign", sign]),
+            );
             runs.push((format!("enos {sign} {want}"), d, want));
         }
     }
     // an unknown device is refused too
-    let d = Device::spawn("enos_device.py", &e.args("nobody", "whatever-secret", "--dk", &["--mode", "connect"]));
+    let d = Device::spawn(
+        "enos_device.py",
+        &e.args("nobody", "whatever-secret", "--dk", &["--mode", "connect"]),
+    );
     runs.push(("unknown device".into(), d, "connect_failed"));
     for (what, mut d, want) in runs {
         let first = d.expect_any(&["connected", "connect_failed"]).await;
@@ -395,14 +538,20 @@ fn test_ca() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ota test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ota test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
-    let (ca_pem, cert, key) = (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ca_pem, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
     std::fs::write(&ca_pem, ca.pem()).unwrap();
     std::fs::write(&cert, leaf.pem()).unwrap();
     std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
@@ -422,7 +571,12 @@ async fn alink_device_connects_over_tls() {
     let tls_port = f.gw.broker.tls_addr.unwrap().port();
     let (id, secret) = f.device("lk-tls").await;
     f.offers.offer(id, f.package("2.0.0", "md5").await);
-    let mut args = f.args("lk-tls", &secret, "--dn", &["--mode", "push", "--tls-ca", ca.to_str().unwrap()]);
+    let mut args = f.args(
+        "lk-tls",
+        &secret,
+        "--dn",
+        &["--mode", "push", "--tls-ca", ca.to_str().unwrap()],
+    );
     args[1] = tls_port.to_string();
     let mut dev = Device::spawn("alink_device.py", &args);
     dev.expect("connected").await;
@@ -442,32 +596,75 @@ async fn bad_device_messages_are_rejected_and_counted() {
     let (id, secret) = f.device("rogue").await;
     let (gone, gone_secret) = f.device("gone").await;
     f.t.store
-        .record_version_report(TenantId(1), victim, &ModuleName::default_module(), &Version::parse("v", "1.0.0").unwrap(), T0)
+        .record_version_report(
+            TenantId(1),
+            victim,
+            &ModuleName::default_module(),
+            &Version::parse("v", "1.0.0").unwrap(),
+            T0,
+        )
         .await
         .unwrap();
     let pk = f.pk.clone();
     let messages = json!([
         [format!("/ota/device/inform/{pk}/rogue"), "{not json"],
-        [format!("/ota/device/inform/{pk}/rogue"), "{\"id\":1,\"params\":{\"version\":\"\"}}"],
+        [
+            format!("/ota/device/inform/{pk}/rogue"),
+            "{\"id\":1,\"params\":{\"version\":\"\"}}"
+        ],
         [format!("/ota/device/progress/{pk}/rogue"), "[1,2,3]"],
-        [format!("/ota/device/inform/{pk}/victim"), "{\"id\":1,\"params\":{\"version\":\"6.6.6\"}}"],
+        [
+            format!("/ota/device/inform/{pk}/victim"),
+            "{\"id\":1,\"params\":{\"version\":\"6.6.6\"}}"
+        ],
         [format!("/sys/{pk}/rogue/thing/event/property/post"), "{}"],
-        [format!("/ota/device/inform/{pk}/rogue"), "{\"id\":1,\"params\":{\"version\":\"1.2.3\"}}"],
+        [
+            format!("/ota/device/inform/{pk}/rogue"),
+            "{\"id\":1,\"params\":{\"version\":\"1.2.3\"}}"
+        ],
     ]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("messages.json");
     std::fs::write(&file, messages.to_string()).unwrap();
-    let mut dev = Device::spawn("raw_device.py", &f.args("rogue", &secret, "--dn", &["--mode", "publish", "--messages", file.to_str().unwrap()]));
+    let mut dev = Device::spawn(
+        "raw_device.py",
+        &f.args(
+            "rogue",
+            &secret,
+            "--dn",
+            &["--mode", "publish", "--messages", file.to_str().unwrap()],
+        ),
+    );
     dev.expect("published").await;
     // the good message after the bad ones is recorded
-    f.event("rogue's good report", |e| is_inform(e, id, "1.2.3")).await;
+    f.event("rogue's good report", |e| is_inform(e, id, "1.2.3"))
+        .await;
     assert_eq!(dev.finish().await, 0);
 
     // a device deleted while connected: its messages name an unknown device
     let own = dir.path().join("own.json");
-    std::fs::write(&own, json!([[format!("/ota/device/inform/{pk}/gone"), "{\"id\":1,\"params\":{\"version\":\"1.0.1\"}}"]]).to_string()).unwrap();
-    let mut dev = Device::spawn("raw_device.py", &f.args("gone", &gone_secret, "--dn", &["--mode", "publish", "--messages", own.to_str().unwrap()]));
-    f.event("gone connected", |e| e.device == gone && matches!(e.kind, DeviceEventKind::Connected)).await;
+    std::fs::write(
+        &own,
+        json!([[
+            format!("/ota/device/inform/{pk}/gone"),
+            "{\"id\":1,\"params\":{\"version\":\"1.0.1\"}}"
+        ]])
+        .to_string(),
+    )
+    .unwrap();
+    let mut dev = Device::spawn(
+        "raw_device.py",
+        &f.args(
+            "gone",
+            &gone_secret,
+            "--dn",
+            &["--mode", "publish", "--messages", own.to_str().unwrap()],
+        ),
+    );
+    f.event("gone connected", |e| {
+        e.device == gone && matches!(e.kind, DeviceEventKind::Connected)
+    })
+    .await;
     f.t.store.delete_device(TenantId(1), gone).await.unwrap();
     dev.expect("published").await;
     dev.finish().await;
@@ -475,16 +672,41 @@ async fn bad_device_messages_are_rejected_and_counted() {
     let m = &f.t.state.metrics;
     let count = |reason| m.counter("ota_device_messages_rejected_total", &[("reason", reason)]);
     assert_eq!(count("unparsable"), 3, "{}", m.render());
-    assert_eq!(count("not_allowed"), 1, "the victim's topic: {}", m.render());
+    assert_eq!(
+        count("not_allowed"),
+        1,
+        "the victim's topic: {}",
+        m.render()
+    );
     assert_eq!(count("unknown_topic"), 1, "{}", m.render());
     assert_eq!(count("unknown_device"), 1, "{}", m.render());
-    assert_eq!(f.module_version(victim).await.as_deref(), Some("1.0.0"), "the victim is untouched");
+    assert_eq!(
+        f.module_version(victim).await.as_deref(),
+        Some("1.0.0"),
+        "the victim is untouched"
+    );
     assert_eq!(f.module_version(id).await.as_deref(), Some("1.2.3"));
     // and the server still serves
-    let r = f.http.get(format!("{}/ready", f.base)).send().await.unwrap();
+    let r = f
+        .http
+        .get(format!("{}/ready", f.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let text = f.http.get(format!("{}/metrics", f.base)).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("ota_device_messages_rejected_total{reason=\"unparsable\"} 3"), "{text}");
+    let text = f
+        .http
+        .get(format!("{}/metrics", f.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("ota_device_messages_rejected_total{reason=\"unparsable\"} 3"),
+        "{text}"
+    );
     // both sessions ended: the online gauge comes back to zero, deleted device included
     let deadline = tokio::time::Instant::now() + WAIT;
     while !m.render().contains("ota_devices_online 0\n") {
@@ -502,8 +724,19 @@ async fn reconnect_race_loses_no_push() {
     let (id, secret) = f.device("racer").await;
     let push = f.package("9.9.9", "md5").await;
     let cycles = 300;
-    let mut dev = Device::spawn("raw_device.py", &f.args("racer", &secret, "--dn", &["--mode", "race", "--cycles", &cycles.to_string()]));
-    let identity = ota_server::dispatch::gateway::DeviceIdentity { product_key: f.pk.clone(), device: "racer".into() };
+    let mut dev = Device::spawn(
+        "raw_device.py",
+        &f.args(
+            "racer",
+            &secret,
+            "--dn",
+            &["--mode", "race", "--cycles", &cycles.to_string()],
+        ),
+    );
+    let identity = ota_server::dispatch::gateway::DeviceIdentity {
+        product_key: f.pk.clone(),
+        device: "racer".into(),
+    };
     let router = f.gw.router.clone();
     let mut answered = 0;
     let result = loop {

@@ -84,28 +84,71 @@ async fn serves_on_embedded_defaults_with_sqlite() {
 #[tokio::test]
 async fn embedded_broker_takes_sdk_devices() {
     let srv = Server::start(ServerOptions::default()).await.unwrap();
-    let mqtt = srv.mqtt.clone().expect("the embedded broker's address is logged");
+    let mqtt = srv
+        .mqtt
+        .clone()
+        .expect("the embedded broker's address is logged");
     let port = mqtt.rsplit(':').next().unwrap().to_owned();
     let key = srv.create_tenant("acme").await.unwrap();
     let http = client(None).unwrap();
     let base = &srv.base;
-    let p: Value = http.post(format!("{base}/v1/products")).bearer_auth(&key)
+    let p: Value = http
+        .post(format!("{base}/v1/products"))
+        .bearer_auth(&key)
         .json(&json!({"name": "m", "protocol": "alink", "product_key": "a1E2E"}))
-        .send().await.unwrap().json().await.unwrap();
-    let d: Value = http.post(format!("{base}/v1/products/{}/devices", p["id"])).bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let d: Value = http
+        .post(format!("{base}/v1/products/{}/devices", p["id"]))
+        .bearer_auth(&key)
         .json(&json!({"name": "lk-e2e"}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let py = std::env::var("SDK_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join(".venv/bin/python"));
+    let py = std::env::var("SDK_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".venv/bin/python"));
     let out = tokio::process::Command::new(py)
         .arg(root.join("tests/sdk/alink_device.py"))
-        .args(["--port", &port, "--pk", "a1E2E", "--dn", "lk-e2e", "--secret", d["secret"].as_str().unwrap(), "--mode", "connect"])
-        .output().await.unwrap();
+        .args([
+            "--port",
+            &port,
+            "--pk",
+            "a1E2E",
+            "--dn",
+            "lk-e2e",
+            "--secret",
+            d["secret"].as_str().unwrap(),
+            "--mode",
+            "connect",
+        ])
+        .output()
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("\"connected\""), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("\"connected\""),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // the connection was recorded
-    let dev: Value = http.get(format!("{base}/v1/devices/{}", d["id"])).bearer_auth(&key)
-        .send().await.unwrap().json().await.unwrap();
+    let dev: Value = http
+        .get(format!("{base}/v1/devices/{}", d["id"]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(dev["activated_at"].is_string(), "{dev}");
 }
 

@@ -16,13 +16,12 @@ use rmqtt::net::Builder;
 use rmqtt::router::{DefaultRouter, Router};
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
+use rmqtt::types::HashMap as RHashMap;
 use rmqtt::types::{
     AllRelationsMap, AuthResult, From, Id, NodeId, Publish, PublishAclResult, Route,
-    SubRelationsMap, Subscribe, SubscribeAclResult, SubsSearchParams, SubsSearchResult,
-    TopicName,
+    SubRelationsMap, SubsSearchParams, SubsSearchResult, Subscribe, SubscribeAclResult, TopicName,
 };
 use rmqtt::utils::Counter;
-use rmqtt::types::HashMap as RHashMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -221,7 +220,12 @@ impl Handler for Hooks {
                 // the device's first message cannot overtake its subscription.
                 let entry = self.scx.extends.shared().await.entry(s.id.clone());
                 for topic in self.auth.downlink_topics(&dev).await {
-                    match Subscribe::from_v3(&ByteString::from(topic.as_str()), QoS::AtLeastOnce, false, false) {
+                    match Subscribe::from_v3(
+                        &ByteString::from(topic.as_str()),
+                        QoS::AtLeastOnce,
+                        false,
+                        false,
+                    ) {
                         Ok(sub) => {
                             if let Err(e) = entry.subscribe(&sub).await {
                                 tracing::error!(%topic, error = %e, "subscribing a device failed");
@@ -282,7 +286,9 @@ impl Handler for Hooks {
                 let r = if allowed {
                     SubscribeAclResult::new_success(sub.opts.qos(), None)
                 } else {
-                    SubscribeAclResult::new_failure(rmqtt::codec::v5::SubscribeAckReason::NotAuthorized)
+                    SubscribeAclResult::new_failure(
+                        rmqtt::codec::v5::SubscribeAckReason::NotAuthorized,
+                    )
                 };
                 (false, Some(HookResult::SubscribeAclResult(r)))
             }

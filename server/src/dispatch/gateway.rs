@@ -17,11 +17,25 @@ pub struct DeviceIdentity {
 /// What a gateway reports upward; consumed by the uplink router.
 #[derive(Debug, Clone)]
 pub enum GatewayEvent {
-    Connected { device: DeviceIdentity, at: Millis },
-    Disconnected { device: DeviceIdentity, at: Millis },
-    Uplink { device: DeviceIdentity, topic: String, payload: Bytes, at: Millis },
+    Connected {
+        device: DeviceIdentity,
+        at: Millis,
+    },
+    Disconnected {
+        device: DeviceIdentity,
+        at: Millis,
+    },
+    Uplink {
+        device: DeviceIdentity,
+        topic: String,
+        payload: Bytes,
+        at: Millis,
+    },
     /// A message the gateway would not take (counted and logged by the router, SPEC V4).
-    Refused { device: Option<DeviceIdentity>, reason: String },
+    Refused {
+        device: Option<DeviceIdentity>,
+        reason: String,
+    },
 }
 
 /// Sends messages to devices.
@@ -35,7 +49,12 @@ pub trait DeviceGateway: Send + Sync {
 #[async_trait]
 pub trait DeviceAuth: Send + Sync {
     /// The device these CONNECT credentials prove, if they do.
-    async fn authenticate(&self, client_id: &str, username: &str, password: &[u8]) -> Option<DeviceIdentity>;
+    async fn authenticate(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &[u8],
+    ) -> Option<DeviceIdentity>;
     /// Topics the device receives on without subscribing (its downlinks).
     async fn downlink_topics(&self, device: &DeviceIdentity) -> Vec<String>;
     fn may_publish(&self, device: &DeviceIdentity, topic: &str) -> bool;

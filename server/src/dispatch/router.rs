@@ -135,7 +135,8 @@ pub struct Router {
 type Resolved = (Protocol, TenantId, DeviceId);
 
 const REJECTED: &str = "ota_device_messages_rejected_total";
-const REJECTED_HELP: &str = "Device messages dropped: unparsable, unknown device or not allowed (SPEC V4).";
+const REJECTED_HELP: &str =
+    "Device messages dropped: unparsable, unknown device or not allowed (SPEC V4).";
 const RECEIVED: &str = "ota_device_messages_total";
 const RECEIVED_HELP: &str = "Device messages accepted, by kind.";
 const ONLINE: &str = "ota_devices_online";
@@ -218,7 +219,12 @@ impl Router {
     }
 
     async fn resolve(&self, device: &DeviceIdentity) -> Option<Resolved> {
-        if let Some(r) = self.resolved.lock().ok().and_then(|m| m.get(device).copied()) {
+        if let Some(r) = self
+            .resolved
+            .lock()
+            .ok()
+            .and_then(|m| m.get(device).copied())
+        {
             return Some(r);
         }
         let r = self.resolve_in_store(device).await?;

@@ -496,8 +496,11 @@ impl Store {
             .col_expr(device::Column::LastSeenAt, Expr::value(now))
             .col_expr(
                 device::Column::ActivatedAt,
-                Func::coalesce([Expr::col(device::Column::ActivatedAt).into(), Expr::value(now)])
-                    .into(),
+                Func::coalesce([
+                    Expr::col(device::Column::ActivatedAt).into(),
+                    Expr::value(now),
+                ])
+                .into(),
             )
             .filter(device::Column::Id.eq(id.0))
             .filter(device::Column::TenantId.eq(tenant.0))

@@ -106,12 +106,14 @@ impl TestCtx {
         let state = t.state.clone();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                actix_web::HttpServer::new(move || App::new().configure(api::configure(state.clone())))
-                    .workers(2)
-                    .listen(listener)
-                    .unwrap()
-                    .run()
-                    .await
+                actix_web::HttpServer::new(move || {
+                    App::new().configure(api::configure(state.clone()))
+                })
+                .workers(2)
+                .listen(listener)
+                .unwrap()
+                .run()
+                .await
             })
         });
         (t, base)

@@ -17,37 +17,63 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn password(pk: &str, dn: &str, secret: &str, ts: &str) -> String {
+fn password(pk: &str, dn: &str, secret: &str, ts: &str) -> Result<String> {
     let content = format!("clientId{pk}&{dn}deviceName{dn}productKey{pk}timestamp{ts}");
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())?;
     mac.update(content.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    Ok(hex::encode(mac.finalize().into_bytes()))
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let devices: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(100);
-    let pushes_per_device: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(500);
+    let devices: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100);
+    let pushes_per_device: usize = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(500);
     let uplinks_per_device: usize = pushes_per_device;
     let dir = tempfile::tempdir()?;
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_owned();
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
     config.mqtt.port = 0;
     // the benchmark fires pushes open loop; the scheduler paces them in production
     config.mqtt.max_mqueue_len = pushes_per_device * 2;
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display()), 8).await?;
+    let store = Store::connect(
+        &format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display()),
+        8,
+    )
+    .await?;
     let now = chrono_now();
-    let (tenant, _) = store.create_tenant(&DisplayName::parse("n", "bench")?, now).await?;
-    let product = store
-        .create_product(tenant.id, NewProduct {
-            product_key: Some(ProductKey::parse("pk", "pkBench")?),
-            name: DisplayName::parse("n", "bench")?,
-            protocol: Protocol::Alink,
-            require_verification: false,
-            description: String::new(),
-        }, now)
+    let (tenant, _) = store
+        .create_tenant(&DisplayName::parse("n", "bench")?, now)
         .await?;
-    let state = build_state(config, store.clone(), Arc::new(SystemClock), "http://127.0.0.1:1".into()).await?;
+    let product = store
+        .create_product(
+            tenant.id,
+            NewProduct {
+                product_key: Some(ProductKey::parse("pk", "pkBench")?),
+                name: DisplayName::parse("n", "bench")?,
+                protocol: Protocol::Alink,
+                require_verification: false,
+                description: String::new(),
+            },
+            now,
+        )
+        .await?;
+    let state = build_state(
+        config,
+        store.clone(),
+        Arc::new(SystemClock),
+        "http://127.0.0.1:1".into(),
+    )
+    .await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
     let gw = start_gateway(&state, Arc::new(NoOffers), Some(tx)).await?;
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -58,11 +84,26 @@ async fn main() -> Result<()> {
     for i in 0..devices {
         let dn = format!("dev{i:05}");
         let d = store
-            .create_device(tenant.id, product.id, NewDevice { name: DeviceName::parse("n", dn.clone())?, secret: None }, now)
+            .create_device(
+                tenant.id,
+                product.id,
+                NewDevice {
+                    name: DeviceName::parse("n", dn.clone())?,
+                    secret: None,
+                },
+                now,
+            )
             .await?;
         let ts = (now + i as i64).to_string();
-        let mut o = MqttOptions::new(format!("pkBench&{dn}|securemode=3,signmethod=hmacsha1,timestamp={ts}|"), "127.0.0.1", port);
-        o.set_credentials(format!("{dn}&pkBench"), password("pkBench", &dn, &d.secret, &ts));
+        let mut o = MqttOptions::new(
+            format!("pkBench&{dn}|securemode=3,signmethod=hmacsha1,timestamp={ts}|"),
+            "127.0.0.1",
+            port,
+        );
+        o.set_credentials(
+            format!("{dn}&pkBench"),
+            password("pkBench", &dn, &d.secret, &ts)?,
+        );
         o.set_keep_alive(Duration::from_secs(60));
         o.set_inflight(1000);
         let (client, mut ev) = AsyncClient::new(o, 10_000);
@@ -88,8 +129,16 @@ async fn main() -> Result<()> {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx).await.map_err(|_| anyhow!("device {i} did not connect"))??;
-        clients.push((client, DeviceIdentity { product_key: "pkBench".into(), device: format!("dev{i:05}") }));
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .map_err(|_| anyhow!("device {i} did not connect"))??;
+        clients.push((
+            client,
+            DeviceIdentity {
+                product_key: "pkBench".into(),
+                device: format!("dev{i:05}"),
+            },
+        ));
     }
 
     let push = FirmwarePush {
@@ -135,8 +184,15 @@ async fn main() -> Result<()> {
         let topic = format!("/ota/device/progress/{}/{}", id.product_key, id.device);
         senders.push(tokio::spawn(async move {
             for n in 0..uplinks_per_device {
-                let payload = format!("{{\"id\":\"{n}\",\"params\":{{\"step\":\"{}\",\"desc\":\"bench\"}}}}", n % 100);
-                if client.publish(&topic, QoS::AtLeastOnce, false, payload).await.is_err() {
+                let payload = format!(
+                    "{{\"id\":\"{n}\",\"params\":{{\"step\":\"{}\",\"desc\":\"bench\"}}}}",
+                    n % 100
+                );
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
