@@ -5,6 +5,8 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::dispatch::device_auth::StoreDeviceAuth;
 use crate::dispatch::embedded::{EmbeddedBroker, EmbeddedOptions};
+use crate::dispatch::external::{parse_broker_url, ExternalBroker, ExternalOptions};
+use crate::dispatch::gateway::DeviceGateway;
 use crate::dispatch::router::{DeviceEvent, Offers, Router};
 use crate::firmware::Firmware;
 use crate::metrics::Metrics;
@@ -12,6 +14,7 @@ use crate::store::Store;
 use rand::RngCore;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +75,10 @@ pub async fn build_state(
     })
 }
 
-/// The running device gateway: the embedded broker and the router behind it.
+/// The running device gateway: the broker side (embedded or external) and the router.
 pub struct Gateway {
-    pub broker: Arc<EmbeddedBroker>,
+    /// The embedded broker, when it is the one in use (its listening addresses).
+    pub embedded: Option<Arc<EmbeddedBroker>>,
     pub router: Arc<Router>,
 }
 
@@ -102,30 +106,60 @@ pub async fn start_gateway(
         ))
     };
     let (tx, rx) = mpsc::channel(4096);
-    let broker = Arc::new(
-        EmbeddedBroker::start(
-            EmbeddedOptions {
-                addr: addr(cfg.port)?,
-                tls,
-                max_mqueue_len: cfg.max_mqueue_len,
+    let (gateway, embedded): (Arc<dyn DeviceGateway>, _) = if cfg.mode == "external" {
+        let ext = &cfg.external;
+        let (host, port) = parse_broker_url(&ext.url)?;
+        let client_id = if ext.client_id.is_empty() {
+            format!("ota-server-{:08x}", rand::random::<u32>())
+        } else {
+            ext.client_id.clone()
+        };
+        let broker = ExternalBroker::start(
+            ExternalOptions {
+                host,
+                port,
+                client_id,
+                username: ext.username.clone(),
+                password: ext.password.clone(),
+                shared_group: ext.shared_group.clone(),
             },
-            Arc::new(StoreDeviceAuth::new(state.store.clone())),
             tx,
             state.clock.clone(),
-        )
-        .await?,
-    );
+        )?;
+        // Uplinks published before the subscriptions exist would find no subscriber.
+        if broker.wait_subscribed(Duration::from_secs(10)).await {
+            tracing::info!(url = %ext.url, "mqtt: subscribed on the external broker");
+        } else {
+            tracing::warn!(url = %ext.url, "mqtt: the external broker is not reachable yet; retrying in the background");
+        }
+        (Arc::new(broker), None)
+    } else {
+        let broker = Arc::new(
+            EmbeddedBroker::start(
+                EmbeddedOptions {
+                    addr: addr(cfg.port)?,
+                    tls,
+                    max_mqueue_len: cfg.max_mqueue_len,
+                },
+                Arc::new(StoreDeviceAuth::new(state.store.clone())),
+                tx,
+                state.clock.clone(),
+            )
+            .await?,
+        );
+        tracing::info!(address = %broker.tcp_addr, tls_address = ?broker.tls_addr, "mqtt listening");
+        (broker.clone() as Arc<dyn DeviceGateway>, Some(broker))
+    };
     let router = Arc::new(Router::new(
         state.store.clone(),
-        broker.clone(),
+        gateway,
         offers,
         state.metrics.clone(),
         state.clock.clone(),
         up,
     ));
     tokio::spawn(router.clone().run(rx));
-    tracing::info!(address = %broker.tcp_addr, tls_address = ?broker.tls_addr, "mqtt listening");
-    Ok(Gateway { broker, router })
+    Ok(Gateway { embedded, router })
 }
 
 /// Runs the server until it is stopped.
@@ -137,7 +171,7 @@ pub async fn serve(config: Config) -> Result<(), AppError> {
     let database = config.redacted().database_url();
     let state = build_state(config, store, Arc::new(SystemClock), public_url.clone()).await?;
     // Until the rollout engine exists nothing is waiting for any device.
-    let _gateway = if state.config.mqtt.mode == "embedded" {
+    let _gateway = if state.config.mqtt.mode != "off" {
         Some(start_gateway(&state, Arc::new(crate::dispatch::router::NoOffers), None).await?)
     } else {
         None

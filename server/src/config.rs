@@ -79,8 +79,8 @@ pub struct DevicesConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `embedded`: the broker devices connect to runs inside the server; `off`: no device
-    /// gateway (API only).
+    /// `embedded`: the broker devices connect to runs inside the server; `external`: devices
+    /// connect to another broker (`[mqtt.external]`); `off`: no device gateway (API only).
     pub mode: String,
     pub bind: String,
     /// Plain MQTT port; 1884 because a system Mosquitto often holds 1883.
@@ -88,6 +88,33 @@ pub struct MqttConfig {
     /// Messages queued per device session before the broker drops (pushes are paced).
     pub max_mqueue_len: usize,
     pub tls: MqttTlsConfig,
+    pub external: ExternalMqttConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalMqttConfig {
+    /// `mqtt://host:port` of the broker devices connect to.
+    pub url: String,
+    /// Client id of this server process; empty means `ota-server-<random>`.
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    /// Uplinks are taken through `$share/<group>/...` so server processes split them; empty
+    /// subscribes plainly (for brokers without shared subscriptions, one process only).
+    pub shared_group: String,
+}
+
+impl Default for ExternalMqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            shared_group: "ota".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +136,7 @@ impl Default for MqttConfig {
             port: 1884,
             max_mqueue_len: 1000,
             tls: MqttTlsConfig::default(),
+            external: ExternalMqttConfig::default(),
         }
     }
 }
@@ -268,8 +296,8 @@ impl Config {
         if self.http.tls.cert.is_empty() != self.http.tls.key.is_empty() {
             return bad("http.tls.cert and http.tls.key must be set together");
         }
-        if !matches!(self.mqtt.mode.as_str(), "embedded" | "off") {
-            return bad("mqtt.mode must be \"embedded\" or \"off\"");
+        if !matches!(self.mqtt.mode.as_str(), "embedded" | "external" | "off") {
+            return bad("mqtt.mode must be \"embedded\", \"external\" or \"off\"");
         }
         if self.mqtt.tls.cert.is_empty() != self.mqtt.tls.key.is_empty() {
             return bad("mqtt.tls.cert and mqtt.tls.key must be set together");
@@ -335,6 +363,9 @@ impl Config {
             c.firmware.url_secret = "<redacted>".into();
         }
         c.database.url = redact_url_password(&c.database.url);
+        if !c.mqtt.external.password.is_empty() {
+            c.mqtt.external.password = "<redacted>".into();
+        }
         c
     }
 }
@@ -452,7 +483,9 @@ import_max_bytes = 536870912
 
 [mqtt]
 # "embedded": devices connect to the MQTT broker inside the server (Alibaba Link Kit and EnOS
-# SDK devices work unchanged); "off": no device gateway.
+# SDK devices work unchanged); "external": devices connect to another broker ([mqtt.external]),
+# which must authenticate them, and they must subscribe to their downlink topics themselves;
+# "off": no device gateway.
 mode = "embedded"
 bind = "127.0.0.1"
 # 1884 because a system Mosquitto often holds 1883.
@@ -465,6 +498,17 @@ max_mqueue_len = 1000
 port = 8884
 cert = ""
 key = ""
+
+[mqtt.external]
+# The broker devices connect to, when mode = "external".
+url = "mqtt://127.0.0.1:1883"
+# Client id of this server process; empty means ota-server-<random>.
+client_id = ""
+username = ""
+password = ""
+# Uplinks come through $share/<group>/... so several server processes split them; empty
+# subscribes plainly (one process only).
+shared_group = "ota"
 
 [log]
 # tracing filter, e.g. "info" or "ota_server=debug,info".

@@ -166,9 +166,15 @@ impl Fleet {
         let gw = start_gateway(&t.state, offers.clone(), Some(tx))
             .await
             .unwrap();
-        let mqtt_port = gw.broker.tcp_addr.port();
+        // external mode: devices connect to the machine's Mosquitto
+        let mqtt_port = gw
+            .embedded
+            .as_ref()
+            .map(|e| e.tcp_addr.port())
+            .unwrap_or(1883);
         let http = reqwest::Client::new();
-        let pk = format!("pk{}", protocol);
+        // Unique per fleet: the external-broker test shares the machine's Mosquitto.
+        let pk = format!("pk{}{}", protocol, rand::random::<u32>());
         let p: Value = http
             .post(format!("{base}/v1/products"))
             .bearer_auth(&t.admin)
@@ -568,7 +574,7 @@ async fn alink_device_connects_over_tls() {
         c.mqtt.tls.key = key.display().to_string();
     })
     .await;
-    let tls_port = f.gw.broker.tls_addr.unwrap().port();
+    let tls_port = f.gw.embedded.as_ref().unwrap().tls_addr.unwrap().port();
     let (id, secret) = f.device("lk-tls").await;
     f.offers.offer(id, f.package("2.0.0", "md5").await);
     let mut args = f.args(
@@ -754,4 +760,126 @@ async fn reconnect_race_loses_no_push() {
     assert_eq!(result["ok"], cycles, "{result}; {answered} pushes sent");
     assert_eq!(result["lost"], 0, "{result}");
     assert_eq!(answered, cycles);
+}
+
+// SPEC V1 (DESIGN §8, M3): with an external broker (the machine's Mosquitto) the server takes
+// uplinks through a shared subscription and publishes downlinks there; a Link Kit device that
+// subscribes to its own downlink topics (the external broker does not do it for it) gets the
+// push in answer to its version report, downloads, and reports the new version.
+#[actix_web::test]
+async fn external_broker_carries_uplinks_and_pushes() {
+    let mut f = Fleet::with(Db::Sqlite, "alink", |c| {
+        c.mqtt.mode = "external".into();
+        c.mqtt.external.url = "mqtt://127.0.0.1:1883".into();
+        c.mqtt.external.shared_group = format!("ota{}", rand::random::<u32>());
+    })
+    .await;
+    assert!(f.gw.embedded.is_none());
+    let (id, secret) = f.device("lk-ext").await;
+    f.offers.offer(id, f.package("4.0.0", "md5").await);
+    let args = f.args(
+        "lk-ext",
+        &secret,
+        "--dn",
+        &["--mode", "push", "--self-subscribe"],
+    );
+    let mut dev = Device::spawn("alink_device.py", &args);
+    dev.expect("connected").await;
+    let fw = dev.expect("firmware").await;
+    assert_eq!(fw["version"], "4.0.0");
+    assert_eq!(dev.expect("downloaded").await["ok"], true);
+    f.event("inform 4.0.0", |e| is_inform(e, id, "4.0.0")).await;
+    assert_eq!(f.module_version(id).await.as_deref(), Some("4.0.0"));
+    dev.finish().await;
+}
+
+// SPEC M4 (DESIGN §8): two server processes on one external broker split the uplinks through
+// their shared subscription: every message reaches exactly one of them.
+#[actix_web::test]
+async fn external_gateways_split_uplinks_through_a_shared_subscription() {
+    use ota_server::dispatch::external::{ExternalBroker, ExternalOptions};
+    use ota_server::dispatch::gateway::GatewayEvent;
+    let group = format!("split{}", rand::random::<u32>());
+    let pk = format!("pksplit{}", rand::random::<u32>());
+    let mut gateways = vec![];
+    let mut channels = vec![];
+    for n in 0..2 {
+        let (tx, rx) = mpsc::channel(1000);
+        let g = ExternalBroker::start(
+            ExternalOptions {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                client_id: format!("{group}-{n}"),
+                username: String::new(),
+                password: String::new(),
+                shared_group: group.clone(),
+            },
+            tx,
+            Arc::new(ota_server::clock::ManualClock::new(T0)),
+        )
+        .unwrap();
+        assert!(g.wait_subscribed(WAIT).await, "gateway {n} subscribed");
+        gateways.push(g);
+        channels.push(rx);
+    }
+    let total = 40;
+    let messages: Vec<_> = (0..total)
+        .map(|i| {
+            json!([
+                format!("/ota/device/inform/{pk}/dev{i}"),
+                "{\"id\":1,\"params\":{\"version\":\"1\"}}"
+            ])
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.json");
+    std::fs::write(&file, Value::Array(messages).to_string()).unwrap();
+    let args: Vec<String> = [
+        "--port",
+        "1883",
+        "--pk",
+        &pk,
+        "--dn",
+        "dev0",
+        "--secret",
+        "anything-goes",
+        "--mode",
+        "publish",
+        "--messages",
+        file.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut dev = Device::spawn("raw_device.py", &args);
+    dev.expect("published").await;
+    let mut seen = std::collections::HashSet::new();
+    let mut per_gateway = [0usize; 2];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (a, b) = channels.split_at_mut(1);
+    while seen.len() < total {
+        let next = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                Some(e) = a[0].recv() => (0, e),
+                Some(e) = b[0].recv() => (1, e),
+            }
+        })
+        .await;
+        let Ok((n, ev)) = next else {
+            panic!("only {} of {total} uplinks arrived", seen.len());
+        };
+        if let GatewayEvent::Uplink { device, .. } = ev {
+            assert!(
+                seen.insert(device.device.clone()),
+                "{} delivered twice",
+                device.device
+            );
+            per_gateway[n] += 1;
+        }
+    }
+    assert!(
+        per_gateway.iter().all(|c| *c > 0),
+        "both processes took a share: {per_gateway:?}"
+    );
+    dev.finish().await;
 }

@@ -38,6 +38,9 @@ def main():
                     help="hmacsha1 is what the SDK signs with; the others go through its "
                          "verbatim credentials mode, as other Link SDKs sign")
     ap.add_argument("--tls-ca", default=None, help="CA certificate (PEM) that signs the broker's certificate")
+    ap.add_argument("--self-subscribe", action="store_true",
+                    help="subscribe to the downlink topics with the SDK's subscribe_topic, as "
+                         "devices must on an external broker that does not subscribe them")
     ap.add_argument("--pull-when", default=None,
                     help="pull only once this file exists (the test creates it when the offer is set)")
     ap.add_argument("--timeout", type=float, default=30.0)
@@ -74,8 +77,14 @@ def main():
                         sign_method=sign_method, sign=sign, module=module, extra=extra)
         got_firmware.set()
 
+    subscribed = threading.Event()
+
+    def on_subscribe(mid, granted_qos, userdata):
+        subscribed.set()
+
     lk.on_connect = on_connect
     lk.on_ota_message_arrived = on_ota
+    lk.on_subscribe_topic = on_subscribe
     lk.connect_async()
     if not connected.wait(a.timeout if a.mode != "connect" else min(a.timeout, 8)):
         emit(event="connect_failed")
@@ -85,6 +94,13 @@ def main():
     if a.mode == "connect":
         lk.destroy()
         return 0
+    if a.self_subscribe:
+        lk.subscribe_topic([("/ota/device/upgrade/%s/%s" % (a.pk, a.dn), 1),
+                            ("/sys/%s/%s/thing/ota/firmware/get_reply" % (a.pk, a.dn), 1)])
+        if not subscribed.wait(a.timeout):
+            emit(event="subscribe_failed")
+            lk.destroy()
+            return 4
 
     lk.ota_report_version(a.module, a.version)
     if a.mode == "pull":

@@ -10,6 +10,7 @@ pub mod device_auth;
 pub mod embedded;
 pub mod enos;
 pub mod events;
+pub mod external;
 pub mod gateway;
 pub mod router;
 pub mod topics;

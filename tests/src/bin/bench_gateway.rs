@@ -77,7 +77,12 @@ async fn main() -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
     let gw = start_gateway(&state, Arc::new(NoOffers), Some(tx)).await?;
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let port = gw.broker.tcp_addr.port();
+    let port = gw
+        .embedded
+        .as_ref()
+        .ok_or_else(|| anyhow!("the embedded broker is not running"))?
+        .tcp_addr
+        .port();
 
     let received = Arc::new(AtomicU64::new(0));
     let mut clients = vec![];
