@@ -883,3 +883,59 @@ async fn external_gateways_split_uplinks_through_a_shared_subscription() {
     );
     dev.finish().await;
 }
+
+// SPEC V1 (DESIGN §8): SDK client ids carry a timestamp, so one device can open a second session
+// while its first is still up; the broker kicks the older one, and a push reaches the device once.
+#[actix_web::test]
+async fn a_new_session_of_a_device_kicks_the_older_one() {
+    let mut f = Fleet::new(Db::Sqlite, "alink").await;
+    let (id, secret) = f.device("twin").await;
+    let push = f.package("5.0.0", "md5").await;
+    let identity = ota_server::dispatch::gateway::DeviceIdentity {
+        product_key: f.pk.clone(),
+        device: "twin".into(),
+    };
+    let mut dev = Device::spawn(
+        "raw_device.py",
+        &f.args("twin", &secret, "--dn", &["--mode", "kick"]),
+    );
+    // Everything the router passes up until the newer session's report: two connections, and
+    // no disconnection, because the kicked session is not the device's current one.
+    let mut before = vec![];
+    loop {
+        let ev = tokio::time::timeout(WAIT, f.up.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ev.device != id {
+            continue;
+        }
+        if matches!(ev.kind, DeviceEventKind::Message(Uplink::Inform { .. })) {
+            break;
+        }
+        before.push(ev.kind);
+    }
+    assert_eq!(
+        before
+            .iter()
+            .filter(|k| matches!(k, DeviceEventKind::Connected))
+            .count(),
+        2,
+        "{before:?}"
+    );
+    assert!(
+        !before
+            .iter()
+            .any(|k| matches!(k, DeviceEventKind::Disconnected)),
+        "{before:?}"
+    );
+    assert!(f.t.store.get_device(TenantId(1), id).await.unwrap().online);
+    f.gw.router
+        .push(ota_server::domain::Protocol::Alink, &identity, &push)
+        .await;
+    let r = dev.expect("kick").await;
+    assert_eq!(r["older_disconnected"], true, "{r}");
+    assert_eq!(r["newer_pushes"], 1, "{r}");
+    assert_eq!(r["older_pushes"], 0, "{r}");
+    dev.finish().await;
+}

@@ -4,6 +4,11 @@ the SDKs never do on their own: malformed and foreign messages, and connect stor
 Modes:
   publish  --messages FILE   publish each [topic, payload] of the JSON list at QoS 1, then
                              report {"event": "published", "count": N}
+  kick                       two sessions of the device at once (SDK client ids carry a
+                             timestamp, so they differ): the older must be disconnected, and
+                             the push answering the newer's report must reach only the newer;
+                             report {"event": "kick", "older_disconnected": .., "older_pushes": ..,
+                             "newer_pushes": ..}
   race     --cycles N        N back-to-back sessions, each with a fresh client id: connect,
                              publish a version report as the first message, wait for the push
                              the server sends in answer (never subscribing), disconnect;
@@ -35,12 +40,16 @@ def credentials(pk, dn, secret, n):
     )
 
 
-def session(a, n, on_message=None):
+def session(a, n, on_message=None, on_disconnect=None):
     cid, user, pw = credentials(a.pk, a.dn, a.secret, n)
     c = mqtt.Client(client_id=cid, clean_session=True, protocol=mqtt.MQTTv311)
     c.username_pw_set(user, pw)
+    # a kicked session must not come straight back and kick the newer one in turn
+    c.reconnect_delay_set(min_delay=120, max_delay=120)
     connected = threading.Event()
     c.on_connect = lambda cl, u, f, rc: rc == 0 and connected.set()
+    if on_disconnect:
+        c.on_disconnect = on_disconnect
     if on_message:
         c.on_message = on_message
     c.connect(a.host, a.port, keepalive=60)
@@ -58,7 +67,7 @@ def main():
     ap.add_argument("--pk", required=True)
     ap.add_argument("--dn", required=True)
     ap.add_argument("--secret", required=True)
-    ap.add_argument("--mode", choices=["publish", "race"], required=True)
+    ap.add_argument("--mode", choices=["publish", "race", "kick"], required=True)
     ap.add_argument("--messages")
     ap.add_argument("--cycles", type=int, default=300)
     a = ap.parse_args()
@@ -79,9 +88,36 @@ def main():
         c.loop_stop()
         return 0
 
+    inform = "/ota/device/inform/%s/%s" % (a.pk, a.dn)
+    if a.mode == "kick":
+        pushes = {"older": 0, "newer": 0}
+        older_gone = threading.Event()
+        newer_got = threading.Event()
+
+        def on_older(cl, u, m):
+            pushes["older"] += 1
+
+        def on_newer(cl, u, m):
+            pushes["newer"] += 1
+            newer_got.set()
+
+        older = session(a, 0, on_message=on_older, on_disconnect=lambda cl, u, rc: older_gone.set())
+        newer = session(a, 1, on_message=on_newer)
+        if older is None or newer is None:
+            emit(event="connect_failed")
+            return 2
+        gone = older_gone.wait(10)
+        newer.publish(inform, json.dumps({"id": 1, "params": {"version": "1.0.0"}}), qos=1)
+        newer_got.wait(10)
+        time.sleep(0.3)  # a second copy, if one were sent to the older session, would be here by now
+        emit(event="kick", older_disconnected=gone, older_pushes=pushes["older"], newer_pushes=pushes["newer"])
+        newer.disconnect()
+        newer.loop_stop()
+        older.loop_stop()
+        return 0
+
     ok = lost = 0
     start = time.time()
-    inform = "/ota/device/inform/%s/%s" % (a.pk, a.dn)
     for n in range(a.cycles):
         got = threading.Event()
         c = session(a, n, on_message=lambda cl, u, m: "/ota/device/upgrade/" in m.topic and got.set())

@@ -200,18 +200,7 @@ impl Router {
         let log = self
             .last_logged
             .lock()
-            .map(|mut m| {
-                if m.len() > 100_000 {
-                    m.retain(|_, t| now - *t < 60_000);
-                }
-                match m.get(&key) {
-                    Some(t) if now - *t < 60_000 => false,
-                    _ => {
-                        m.insert(key.clone(), now);
-                        true
-                    }
-                }
-            })
+            .map(|mut m| first_in_minute(&mut m, &key, now))
             .unwrap_or(true);
         if log {
             tracing::warn!(device = %key, reason, detail, "device message rejected");
@@ -357,7 +346,8 @@ impl Router {
         let (msg, request_id) = match decoded {
             Ok(v) => v,
             Err(e) => {
-                self.reject_with_reply(&parsed.kind, &device, payload);
+                // No reply: a message that does not parse has no id to echo, so an answer could
+                // not reach the waiting SDK call; it times out on the device, as on the clouds.
                 return self.reject(Some(&device), "unparsable", &e.to_string());
             }
         };
@@ -383,11 +373,6 @@ impl Router {
             kind: DeviceEventKind::Message(msg),
         })
         .await;
-    }
-
-    fn reject_with_reply(&self, _kind: &TopicKind, _device: &DeviceIdentity, _payload: &[u8]) {
-        // A message that does not parse has no id to echo, so no reply can reach the
-        // waiting SDK call; it times out on the device, as on the vendor clouds.
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -469,6 +454,21 @@ impl Router {
     }
 }
 
+/// Whether a rejection for `key` at `now` is the first in a minute (and so is logged); keeps
+/// the map bounded by pruning old entries when it grows large.
+fn first_in_minute(seen: &mut HashMap<String, Millis>, key: &str, now: Millis) -> bool {
+    if seen.len() > 100_000 {
+        seen.retain(|_, t| now - *t < 60_000);
+    }
+    match seen.get(key) {
+        Some(t) if now - *t < 60_000 => false,
+        _ => {
+            seen.insert(key.to_owned(), now);
+            true
+        }
+    }
+}
+
 fn uplink_kind(u: &Uplink) -> &'static str {
     match u {
         Uplink::Inform { .. } => "inform",
@@ -485,4 +485,26 @@ fn clock_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() % 1_000_000 * 1000)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // SPEC V4: a rejected device is logged at most once per minute, each device on its own.
+    #[test]
+    fn rejections_are_logged_once_per_device_per_minute() {
+        let mut seen = HashMap::new();
+        assert!(first_in_minute(&mut seen, "pk/a", 0));
+        assert!(!first_in_minute(&mut seen, "pk/a", 59_999));
+        assert!(
+            first_in_minute(&mut seen, "pk/b", 1_000),
+            "another device is logged"
+        );
+        assert!(
+            first_in_minute(&mut seen, "pk/a", 60_000),
+            "a minute later again"
+        );
+        assert!(!first_in_minute(&mut seen, "pk/a", 60_001));
+    }
 }
