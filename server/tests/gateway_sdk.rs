@@ -793,7 +793,7 @@ async fn external_broker_carries_uplinks_and_pushes() {
     dev.finish().await;
 }
 
-// SPEC M4 (DESIGN §8): two server processes on one external broker split the uplinks through
+// DESIGN §8 (a step toward M4): two server processes on one external broker split the uplinks through
 // their shared subscription: every message reaches exactly one of them.
 #[actix_web::test]
 async fn external_gateways_split_uplinks_through_a_shared_subscription() {
