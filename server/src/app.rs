@@ -72,6 +72,7 @@ pub async fn build_state(
         firmware,
         public_url,
         metrics: Arc::new(Metrics::new()),
+        gateway: std::sync::OnceLock::new(),
     })
 }
 
@@ -150,6 +151,7 @@ pub async fn start_gateway(
         tracing::info!(address = %broker.tcp_addr, tls_address = ?broker.tls_addr, "mqtt listening");
         (broker.clone() as Arc<dyn DeviceGateway>, Some(broker))
     };
+    let _ = state.gateway.set(gateway.clone());
     let router = Arc::new(Router::new(
         state.store.clone(),
         gateway,

@@ -939,3 +939,37 @@ async fn a_new_session_of_a_device_kicks_the_older_one() {
     assert_eq!(r["older_pushes"], 0, "{r}");
     dev.finish().await;
 }
+
+// SPEC D1, V1: a device whose secret is reset, or which is deleted, loses its live session at
+// once and cannot come back with the old credentials.
+#[actix_web::test]
+async fn resetting_a_secret_or_deleting_a_device_ends_its_session() {
+    let mut f = Fleet::new(Db::Sqlite, "alink").await;
+    for (name, action) in [("leaked", "reset"), ("retired", "delete")] {
+        let (id, secret) = f.device(name).await;
+        let mut dev = Device::spawn(
+            "raw_device.py",
+            &f.args(name, &secret, "--dn", &["--mode", "hold"]),
+        );
+        dev.expect("connected").await;
+        f.event("connected", |e| {
+            e.device == id && matches!(e.kind, DeviceEventKind::Connected)
+        })
+        .await;
+        let r = if action == "reset" {
+            f.http
+                .post(format!("{}/v1/devices/{}/secret", f.base, id.0))
+        } else {
+            f.http.delete(format!("{}/v1/devices/{}", f.base, id.0))
+        }
+        .bearer_auth(&f.t.admin)
+        .send()
+        .await
+        .unwrap();
+        assert!(r.status().is_success(), "{action}: {}", r.status());
+        let held = dev.expect("held").await;
+        assert_eq!(held["disconnected"], true, "{action}: {held}");
+        assert_eq!(held["reconnected"], false, "{action}: {held}");
+        dev.finish().await;
+    }
+}

@@ -133,4 +133,10 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Exception as e:  # report it where the test reads, then fail
+        import traceback
+        traceback.print_exc()
+        emit(event="error", error=repr(e), traceback=traceback.format_exc()[-2000:])
+        sys.exit(1)

@@ -9,6 +9,9 @@ Modes:
                              the push answering the newer's report must reach only the newer;
                              report {"event": "kick", "older_disconnected": .., "older_pushes": ..,
                              "newer_pushes": ..}
+  hold                       stay connected until the server ends the session, then try to
+                             come back with the same secret; report {"event": "held",
+                             "disconnected": .., "reconnected": ..}
   race     --cycles N        N back-to-back sessions, each with a fresh client id: connect,
                              publish a version report as the first message, wait for the push
                              the server sends in answer (never subscribing), disconnect;
@@ -18,6 +21,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import os
 import sys
 import threading
 import time
@@ -46,15 +50,22 @@ def session(a, n, on_message=None, on_disconnect=None):
     c.username_pw_set(user, pw)
     # a kicked session must not come straight back and kick the newer one in turn
     c.reconnect_delay_set(min_delay=120, max_delay=120)
-    connected = threading.Event()
-    c.on_connect = lambda cl, u, f, rc: rc == 0 and connected.set()
+    answered = threading.Event()
+    result = {}
+
+    def on_connect(cl, u, f, rc):
+        result["rc"] = rc
+        answered.set()
+
+    c.on_connect = on_connect
     if on_disconnect:
         c.on_disconnect = on_disconnect
     if on_message:
         c.on_message = on_message
     c.connect(a.host, a.port, keepalive=60)
     c.loop_start()
-    if not connected.wait(10):
+    # paho (unlike the vendor SDKs) reports a refused CONNACK, so a refusal is known at once
+    if not answered.wait(10) or result.get("rc") != 0:
         c.loop_stop()
         return None
     return c
@@ -67,8 +78,10 @@ def main():
     ap.add_argument("--pk", required=True)
     ap.add_argument("--dn", required=True)
     ap.add_argument("--secret", required=True)
-    ap.add_argument("--mode", choices=["publish", "race", "kick"], required=True)
+    ap.add_argument("--mode", choices=["publish", "race", "kick", "hold"], required=True)
     ap.add_argument("--messages")
+    ap.add_argument("--publish-when", default=None,
+                    help="publish only once this file exists (the test creates it when ready)")
     ap.add_argument("--cycles", type=int, default=300)
     a = ap.parse_args()
 
@@ -80,6 +93,10 @@ def main():
             emit(event="connect_failed")
             return 2
         emit(event="connected")
+        if a.publish_when:
+            deadline = time.time() + 30
+            while not os.path.exists(a.publish_when) and time.time() < deadline:
+                time.sleep(0.02)
         for topic, payload in messages:
             c.publish(topic, payload.encode() if isinstance(payload, str) else bytes(payload), qos=1).wait_for_publish(10)
         emit(event="published", count=len(messages))
@@ -89,6 +106,21 @@ def main():
         return 0
 
     inform = "/ota/device/inform/%s/%s" % (a.pk, a.dn)
+    if a.mode == "hold":
+        ended = threading.Event()
+        c = session(a, 0, on_disconnect=lambda cl, u, rc: ended.set())
+        if c is None:
+            emit(event="connect_failed")
+            return 2
+        emit(event="connected")
+        gone = ended.wait(30)
+        c.loop_stop()
+        again = session(a, 1)
+        emit(event="held", disconnected=gone, reconnected=again is not None)
+        if again is not None:
+            again.disconnect()
+            again.loop_stop()
+        return 0
     if a.mode == "kick":
         pushes = {"older": 0, "newer": 0}
         older_gone = threading.Event()
@@ -136,4 +168,10 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Exception as e:  # report it where the test reads, then fail
+        import traceback
+        traceback.print_exc()
+        emit(event="error", error=repr(e), traceback=traceback.format_exc()[-2000:])
+        sys.exit(1)

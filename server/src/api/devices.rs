@@ -360,7 +360,8 @@ async fn get_device(
     Ok(HttpResponse::Ok().json(device_dto(d, modules)))
 }
 
-/// Deletes a device with its versions, memberships, attributes and tags.
+/// Deletes a device with its versions, memberships, attributes and tags, and ends its MQTT
+/// session on the embedded broker.
 #[utoipa::path(tag = "devices", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
 #[delete("/v1/devices/{id}")]
 async fn delete_device(
@@ -369,11 +370,17 @@ async fn delete_device(
     id: web::Path<i64>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
-    state.store.delete_device(tenant, DeviceId(*id)).await?;
+    let d = state.store.get_device(tenant, DeviceId(*id)).await?;
+    let product = state.store.get_product(tenant, d.product_id).await?;
+    state.store.delete_device(tenant, d.id).await?;
+    state
+        .disconnect_device(product.product_key.as_str(), d.name.as_str())
+        .await;
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Replaces a device's secret (generated unless given); the old one stops working.
+/// Replaces a device's secret (generated unless given); the old one stops working at once:
+/// a session opened with it on the embedded broker is ended.
 #[utoipa::path(tag = "devices", params(("id" = i64, Path)), request_body = ResetSecret,
     responses((status = 200, body = CreatedDeviceDto), (status = 404, body = super::error::ErrorBody)))]
 #[post("/v1/devices/{id}/secret")]
@@ -392,6 +399,12 @@ async fn reset_secret(
         .store
         .reset_device_secret(tenant, DeviceId(*id), secret)
         .await?;
+    // A session opened with the old secret must not outlive it (a leaked secret is the usual
+    // reason to reset one).
+    let product = state.store.get_product(tenant, d.product_id).await?;
+    state
+        .disconnect_device(product.product_key.as_str(), d.name.as_str())
+        .await;
     let modules = state.store.device_modules(tenant, d.id).await?;
     let secret = d.secret.clone();
     Ok(HttpResponse::Ok().json(CreatedDeviceDto {

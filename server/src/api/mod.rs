@@ -34,11 +34,29 @@ pub struct AppState {
     /// Base of the URLs handed to devices and clients (`http(s)://host:port`).
     pub public_url: String,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The device gateway, once it runs; the API ends a device's session through it when the
+    /// device's credentials stop being valid.
+    pub gateway: std::sync::OnceLock<Arc<dyn crate::dispatch::gateway::DeviceGateway>>,
 }
 
 impl AppState {
     pub fn now(&self) -> crate::clock::Millis {
         self.clock.now_millis()
+    }
+
+    /// Ends the device's MQTT session, if any; a failure is logged, since the credentials
+    /// change stands either way and the session cannot reconnect with the old ones.
+    pub async fn disconnect_device(&self, product_key: &str, device: &str) {
+        let Some(gw) = self.gateway.get() else {
+            return;
+        };
+        let id = crate::dispatch::gateway::DeviceIdentity {
+            product_key: product_key.to_owned(),
+            device: device.to_owned(),
+        };
+        if let Err(e) = gw.disconnect(&id).await {
+            tracing::warn!(error = %e, "ending a device session failed");
+        }
     }
 }
 

@@ -44,6 +44,7 @@ pub struct EmbeddedBroker {
     pub tcp_addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
     server_id: Id,
+    sessions: Sessions,
 }
 
 /// Which session currently speaks for a device, so older ones can be kicked.
@@ -65,12 +66,13 @@ impl EmbeddedBroker {
             inner,
             lock: tokio::sync::Mutex::new(()),
         });
+        let sessions: Sessions = Arc::default();
         let handler = Hooks {
             scx: scx.clone(),
             auth,
             events,
             clock,
-            sessions: Arc::default(),
+            sessions: sessions.clone(),
         };
         let register = scx.extends.hook_mgr().register();
         for t in [
@@ -135,6 +137,7 @@ impl EmbeddedBroker {
             tcp_addr,
             tls_addr,
             server_id,
+            sessions,
         })
     }
 }
@@ -160,6 +163,23 @@ impl DeviceGateway for EmbeddedBroker {
         )
         .await
         .map_err(|e| DispatchError::Broker(format!("publishing to {topic}: {e}")))
+    }
+
+    async fn disconnect(&self, device: &DeviceIdentity) -> Result<bool, DispatchError> {
+        let id = self
+            .sessions
+            .lock()
+            .map(|m| m.get(device).cloned())
+            .unwrap_or(None);
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        let mut entry = self.scx.extends.shared().await.entry(id);
+        entry
+            .kick(true, true, true)
+            .await
+            .map_err(|e| DispatchError::Broker(format!("disconnecting a device: {e}")))?;
+        Ok(true)
     }
 }
 

@@ -143,6 +143,11 @@ impl DeviceGateway for ExternalBroker {
             .await
             .map_err(|e| DispatchError::Broker(format!("publishing to {topic}: {e}")))
     }
+
+    /// Sessions on an external broker are the broker's: revoke the device there.
+    async fn disconnect(&self, _device: &DeviceIdentity) -> Result<bool, DispatchError> {
+        Ok(false)
+    }
 }
 
 /// Splits `mqtt://host:port` (or `tcp://`) into host and port.

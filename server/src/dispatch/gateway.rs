@@ -43,6 +43,10 @@ pub enum GatewayEvent {
 pub trait DeviceGateway: Send + Sync {
     /// Publishes `payload` on `topic` at QoS 1.
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), DispatchError>;
+
+    /// Ends the device's session, if it has one here (its secret changed or it was deleted);
+    /// whether one was ended.
+    async fn disconnect(&self, device: &DeviceIdentity) -> Result<bool, DispatchError>;
 }
 
 /// Who may connect and what they may touch; the protocol rules live behind it.
