@@ -1,7 +1,7 @@
 //! The server's one typed configuration: defaults < `ota.toml` < `OTA_*` env < flags.
 //! Unknown keys are errors; secrets are redacted whenever the config is shown.
 
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,7 @@ pub struct TlsConfig {
     pub key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// Empty means SQLite at `<data_dir>/ota.db`; `postgres://...` selects PostgreSQL.
@@ -58,7 +58,7 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirmwareConfig {
     /// Largest package file, in bytes (SPEC P1).
@@ -74,6 +74,8 @@ pub struct FirmwareConfig {
 pub struct DevicesConfig {
     /// Largest device-import body, in bytes (1,000,000 rows fit in the default).
     pub import_max_bytes: u64,
+    /// Most rows one device import may hold (SPEC D1: 1,000,000, the most allowed).
+    pub import_max_rows: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,7 +93,7 @@ pub struct MqttConfig {
     pub external: ExternalMqttConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExternalMqttConfig {
     /// `mqtt://host:port` of the broker devices connect to.
@@ -209,6 +211,7 @@ impl Default for DevicesConfig {
     fn default() -> Self {
         Self {
             import_max_bytes: 512 * 1024 * 1024,
+            import_max_rows: crate::domain::limits::MAX_IMPORT_ROWS as u64,
         }
     }
 }
@@ -239,30 +242,23 @@ pub struct Flags {
 
 impl Config {
     /// Builds the layered config. `file` is read when given or when `ota.toml` exists in
-    /// the working directory; `env` is the process environment (passed in for tests).
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        flags: &Flags,
-    ) -> Result<Self, ConfigError> {
+    /// the working directory; `OTA_*` variables come from the process environment.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         let default_file = Path::new("ota.toml");
         match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                // A file named on the command line must exist (figment skips missing files).
+                std::fs::metadata(path).map_err(|source| ConfigError::Read {
                     path: path.to_owned(),
                     source,
                 })?;
-                fig = fig.merge(Toml::string(&text));
+                fig = fig.merge(Toml::file_exact(path));
             }
-            None if default_file.exists() => fig = fig.merge(Toml::file(default_file)),
+            None if default_file.exists() => fig = fig.merge(Toml::file_exact(default_file)),
             None => {}
         }
-        let env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("OTA_"))
-            .collect();
-        fig = fig.merge(env_provider(env));
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
         let mut overrides = serde_json::Map::new();
         let mut http = serde_json::Map::new();
         if let Some(d) = &flags.data_dir {
@@ -286,7 +282,7 @@ impl Config {
         fig = fig.merge(Serialized::defaults(serde_json::Value::Object(overrides)));
         let cfg: Config = fig
             .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e| ConfigError::Invalid(describe_errors(e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -313,6 +309,11 @@ impl Config {
         }
         if self.firmware.max_file_bytes == 0 {
             return bad("firmware.max_file_bytes must be at least 1");
+        }
+        if !(1..=crate::domain::limits::MAX_IMPORT_ROWS as u64)
+            .contains(&self.devices.import_max_rows)
+        {
+            return bad("devices.import_max_rows must be 1 to 1000000");
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections must be at least 1");
@@ -370,53 +371,78 @@ impl Config {
     }
 }
 
-fn env_provider(vars: Vec<(String, String)>) -> Figment {
-    // figment's Env provider reads the real process environment; building the same `__`
-    // nesting from the pairs given keeps `load` testable with any environment.
-    let mut root = serde_json::Map::new();
-    for (k, v) in vars {
-        let path: Vec<String> = k["OTA_".len()..]
-            .split("__")
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
-        let value = parse_env_value(&v);
-        insert_path(&mut root, &path, value);
-    }
-    Figment::from(Serialized::defaults(serde_json::Value::Object(root)))
+const ENV_PREFIX: &str = "OTA_";
+
+/// Says where each error came from in the user's words: the file and key, or the
+/// environment variable, never figment's internals (code locations, type names).
+fn describe_errors(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let mut path = e.path.clone();
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                path.push(field.clone());
+            }
+            let key = path.join(".");
+            let source = e.metadata.as_ref().and_then(|m| m.source.as_ref());
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            let whence = match source {
+                _ if from_env => format!(
+                    "environment variable {ENV_PREFIX}{}",
+                    path.iter()
+                        .map(|p| p.to_ascii_uppercase())
+                        .collect::<Vec<_>>()
+                        .join("__")
+                ),
+                Some(figment::Source::File(f)) => format!("{}: key {key}", f.display()),
+                _ => format!("key {key}"),
+            };
+            format!("{whence}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-fn parse_env_value(v: &str) -> serde_json::Value {
-    if let Ok(n) = v.parse::<u64>() {
-        return serde_json::json!(n);
-    }
-    match v {
-        "true" => serde_json::Value::Bool(true),
-        "false" => serde_json::Value::Bool(false),
-        _ => serde_json::Value::String(v.to_owned()),
+// Secrets never reach `Debug` output (a config logged at start or in a panic message).
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 
-fn insert_path(
-    map: &mut serde_json::Map<String, serde_json::Value>,
-    path: &[String],
-    value: serde_json::Value,
-) {
-    match path {
-        [] => {}
-        [last] => {
-            map.insert(last.clone(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = map
-                .entry(first.clone())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()));
-            if !entry.is_object() {
-                *entry = serde_json::Value::Object(Default::default());
-            }
-            if let serde_json::Value::Object(inner) = entry {
-                insert_path(inner, rest, value);
-            }
-        }
+impl std::fmt::Debug for FirmwareConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirmwareConfig")
+            .field("max_file_bytes", &self.max_file_bytes)
+            .field("url_ttl_secs", &self.url_ttl_secs)
+            .field("url_secret", &redacted_text(&self.url_secret))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ExternalMqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalMqttConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &redacted_text(&self.password))
+            .field("shared_group", &self.shared_group)
+            .finish()
+    }
+}
+
+fn redacted_text(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "<redacted>"
     }
 }
 
@@ -426,7 +452,9 @@ fn redact_url_password(url: &str) -> String {
         return url.to_owned();
     };
     let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else {
+    // The userinfo ends at the last `@` of the authority (a password may hold an `@`).
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let Some(at) = authority.rfind('@') else {
         return url.to_owned();
     };
     let creds = &rest[..at];
@@ -480,6 +508,8 @@ url_secret = ""
 [devices]
 # Largest body of a device import (CSV or JSON), in bytes.
 import_max_bytes = 536870912
+# Most rows one device import may hold (1 to 1000000).
+import_max_rows = 1000000
 
 [mqtt]
 # "embedded": devices connect to the MQTT broker inside the server (Alibaba Link Kit and EnOS
@@ -521,68 +551,130 @@ format = "text"
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn printed_default_file_is_exactly_the_defaults() {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(parsed, Config::default());
     }
 
-    #[test]
-    fn layers_apply_in_order_file_env_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ota.toml");
-        std::fs::write(
-            &file,
-            "[http]\nport = 9000\nbind = \"0.0.0.0\"\n[log]\nlevel = \"debug\"\n",
-        )
-        .unwrap();
-        let cfg = Config::load(
-            Some(&file),
-            env(&[
-                ("OTA_HTTP__PORT", "9100"),
-                ("OTA_DATABASE__URL", "postgres://u:pw@h/db"),
-                ("HOME", "/x"),
-            ]),
-            &Flags {
-                port: Some(9200),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(cfg.http.port, 9200, "flag beats env beats file");
-        assert_eq!(cfg.http.bind, "0.0.0.0", "file beats default");
-        assert_eq!(cfg.log.level, "debug");
-        assert_eq!(cfg.database_url(), "postgres://u:pw@h/db");
-        assert_eq!(cfg.redacted().database.url, "postgres://u:<redacted>@h/db");
+    // figment's Jail gives each test a private environment and working directory, one
+    // test at a time; the variables of whoever runs the tests are cleared first.
+    fn jail(f: impl FnOnce(&mut figment::Jail) -> figment::error::Result<()>) {
+        figment::Jail::expect_with(|j| {
+            j.clear_env();
+            f(j)
+        });
     }
 
     #[test]
-    fn unknown_keys_are_errors_in_file_and_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ota.toml");
-        std::fs::write(&file, "[http]\nprot = 9000\n").unwrap();
-        let e = Config::load(Some(&file), env(&[]), &Flags::default()).unwrap_err();
-        assert!(e.to_string().contains("prot"), "{e}");
-        let e = Config::load(None, env(&[("OTA_HTTP__PROT", "1")]), &Flags::default()).unwrap_err();
-        assert!(e.to_string().contains("prot"), "{e}");
+    fn layers_apply_in_order_file_env_flags() {
+        jail(|j| {
+            j.create_file(
+                "custom.toml",
+                "[http]\nport = 9000\nbind = \"0.0.0.0\"\n[log]\nlevel = \"debug\"\n",
+            )?;
+            j.set_env("OTA_HTTP__PORT", "9100");
+            j.set_env("OTA_DATABASE__URL", "postgres://u:pw@h/db");
+            j.set_env("HOME", "/x");
+            let cfg = Config::load(
+                Some(Path::new("custom.toml")),
+                &Flags {
+                    port: Some(9200),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(cfg.http.port, 9200, "flag beats env beats file");
+            assert_eq!(cfg.http.bind, "0.0.0.0", "file beats default");
+            assert_eq!(cfg.log.level, "debug");
+            assert_eq!(cfg.database_url(), "postgres://u:pw@h/db");
+            assert_eq!(cfg.redacted().database.url, "postgres://u:<redacted>@h/db");
+            // without flags, the environment beats the file
+            let cfg = Config::load(Some(Path::new("custom.toml")), &Flags::default()).unwrap();
+            assert_eq!(cfg.http.port, 9100);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn ota_toml_in_the_working_directory_is_read() {
+        jail(|j| {
+            j.create_file("ota.toml", "[mqtt]\nport = 1999\n")?;
+            assert_eq!(
+                Config::load(None, &Flags::default()).unwrap().mqtt.port,
+                1999
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_in_file_and_env_and_name_where() {
+        jail(|j| {
+            j.create_file("ota.toml", "[http]\nprot = 9000\n")?;
+            let e = Config::load(Some(Path::new("ota.toml")), &Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ota.toml: key http.prot"), "{e}");
+            j.clear_env();
+            std::fs::remove_file("ota.toml").unwrap();
+            j.set_env("OTA_HTTP__PROT", "1");
+            let e = Config::load(None, &Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("environment variable OTA_HTTP__PROT"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn config_errors_name_the_variable_or_file_key_never_internals() {
+        jail(|j| {
+            j.set_env("OTA_HTTP__PORT", "not-a-port");
+            let e = Config::load(None, &Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("environment variable OTA_HTTP__PORT"), "{e}");
+            for internal in ["config.rs", "serde_json", "Value", "src/"] {
+                assert!(!e.contains(internal), "{internal} in {e}");
+            }
+            j.clear_env();
+            j.create_file("bad.toml", "[mqtt]\nport = \"x\"\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")), &Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("bad.toml: key mqtt.port"), "{e}");
+            assert!(!e.contains("config.rs"), "{e}");
+            let e = Config::load(Some(Path::new("missing.toml")), &Flags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("missing.toml"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]
     fn tls_needs_cert_and_key_together() {
-        let e = Config::load(
-            None,
-            env(&[("OTA_HTTP__TLS__CERT", "/c.pem")]),
-            &Flags::default(),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("together"));
+        jail(|j| {
+            j.set_env("OTA_HTTP__TLS__CERT", "/c.pem");
+            let e = Config::load(None, &Flags::default()).unwrap_err();
+            assert!(e.to_string().contains("together"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let mut c = Config::default();
+        c.firmware.url_secret = "s3cr3t-url".into();
+        c.database.url = "postgres://u:pw@db-9@h/db?x=a@b".into();
+        c.mqtt.external.password = "pw-mqtt-7".into();
+        c.mqtt.external.url = "mqtt://u:pw-url-5@h:1883".into();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in ["s3cr3t-url", "pw@db-9", "db-9", "pw-mqtt-7", "pw-url-5"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"));
     }
 
     #[test]

@@ -98,7 +98,7 @@ async fn main() -> ExitCode {
         database_url: cli.database_url,
         mqtt_port: cli.mqtt_port,
     };
-    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &flags) {
+    let config = match Config::load(cli.config.as_deref(), &flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ota-server: {e}");

@@ -132,7 +132,7 @@ fn fmt_labels(labels: &[(&'static str, String)]) -> String {
 mod tests {
     use super::*;
 
-    // SPEC M5
+    // Part of M5: the text format (the served endpoint is tested end to end).
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new();

@@ -293,7 +293,7 @@ async fn group_tree_has_a_depth_limit_and_scopes_include_subgroups(db: Db) {
     .await;
     assert_eq!(names(&mid), sorted(&["d2"]));
     assert!(mid.json()["next_cursor"].is_string());
-    // the store's group scope (SPEC B7) says the same
+    // the store's group filter says the same (the group scope of a rollout builds on it)
     let tenant = tenant_of(&t, k).await;
     let sel = t
         .store
@@ -753,7 +753,7 @@ async fn attributes_and_tags_replace_and_merge_with_validation(db: Db) {
         .expect(404);
 }
 
-// SPEC D4, B8
+// SPEC D4 (asset-node binding; the rollout scope of B8 is proved with rollouts)
 async fn asset_trees_bind_devices_and_resolve_nodes_and_below(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;
@@ -1234,7 +1234,7 @@ async fn search_filters_alone_and_combined_and_pages(db: Db) {
     }
 }
 
-// SPEC D5, B5
+// SPEC D5
 async fn csv_export_equals_the_search_result(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;

@@ -583,7 +583,7 @@ async fn the_size_limit_answers_413_and_leaves_no_file(db: Db) {
     assert_eq!(stored_files(&t).len(), 1);
 }
 
-// SPEC P2
+// Part of P2: the status set by hand (verification rollouts prove the rest).
 async fn status_no_need_by_hand_but_never_verified(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;
@@ -641,7 +641,7 @@ async fn status_no_need_by_hand_but_never_verified(db: Db) {
     assert_eq!(list["items"], json!([]));
 }
 
-// SPEC P3
+// Part of P3: deletion removes the files (the unfinished-rollout guard comes with rollouts).
 async fn deleting_removes_the_files_from_disk(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;

@@ -14,6 +14,10 @@ db_tests!(
     csv_import_is_all_or_nothing_and_names_the_bad_rows,
     json_import_creates_devices,
     import_rejects_names_that_exist_already,
+    import_with_a_bad_row_after_several_write_batches_leaves_nothing,
+    import_row_limit_is_enforced,
+    csv_import_refuses_extra_columns_and_sloppy_quotes,
+    json_import_refuses_a_huge_element,
     version_reports_keep_current_and_history,
     credentials_export_lists_every_device,
 );
@@ -682,4 +686,243 @@ async fn credentials_export_lists_every_device(db: Db) {
         got, refs,
         "every device once, in creation order, across export pages"
     );
+}
+
+/// Count of a product's devices, through the credentials export.
+async fn device_count<S, B>(app: &S, key: &str, product: i64) -> usize
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    let r = call(
+        app,
+        Some(key),
+        "GET",
+        &format!("/v1/products/{product}/devices/credentials.csv"),
+        None,
+    )
+    .await;
+    r.expect(200);
+    r.text().lines().count() - 1
+}
+
+// An import is written in batches of a few thousand rows; a clash found in a late batch, and a
+// bad row found while spooling, still leave nothing behind, and the rows at fault come back in
+// row order with a precise reason each.
+async fn import_with_a_bad_row_after_several_write_batches_leaves_nothing(db: Db) {
+    let t = TestCtx::new(db).await;
+    let app = t.service().await;
+    let p = create_product(&app, &t.admin, "Meter", "alink").await;
+    import_names(&app, &t.admin, p, &["existing"]).await;
+    let mut csv = String::from("name\n");
+    for i in 0..14_000 {
+        csv.push_str(&format!("dev-{i:05}\n"));
+    }
+    csv.push_str("dev-00007\n"); // row 14,001: repeats row 8, which went in 2 batches earlier
+    csv.push_str("existing\n"); // row 14,002
+    csv.push_str("bad/name\n"); // row 14,003
+    csv.push_str("dev-14003\ndev-14003\n"); // rows 14,004-5: a clash inside one batch
+    let path = format!("/v1/products/{p}/devices/import");
+    let r = call_raw(&app, Some(&t.admin), "POST", &path, "text/csv", csv).await;
+    r.expect(422);
+    let j = r.json();
+    assert_eq!(j["total"], 4, "{j}");
+    let rows: Vec<(u64, String, String)> = j["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["row"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![14_001, 14_002, 14_003, 14_005]
+    );
+    assert!(rows[0].2.contains("more than once"), "{rows:?}");
+    assert!(rows[1].2.contains("exists already"), "{rows:?}");
+    assert_eq!(rows[2].1, "name");
+    assert!(rows[3].2.contains("first in row 14004"), "{rows:?}");
+    assert!(j["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("4 rows are invalid"));
+    assert_eq!(
+        device_count(&app, &t.admin, p).await,
+        1,
+        "nothing was written"
+    );
+    // one bad row is one row
+    let r = call_raw(
+        &app,
+        Some(&t.admin),
+        "POST",
+        &path,
+        "text/csv",
+        "name\nok\nexisting\n",
+    )
+    .await;
+    r.expect(422);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("1 row is invalid"));
+}
+
+async fn import_row_limit_is_enforced(db: Db) {
+    assert_eq!(
+        ota_server::config::Config::default()
+            .devices
+            .import_max_rows,
+        1_000_000,
+        "SPEC D1: 1,000,000 rows in one call"
+    );
+    let t = TestCtx::with_config(db, |c| c.devices.import_max_rows = 10).await;
+    let app = t.service().await;
+    let p = create_product(&app, &t.admin, "Meter", "alink").await;
+    let path = format!("/v1/products/{p}/devices/import");
+    let rows = |n: usize| {
+        let mut csv = String::from("name\n");
+        for i in 0..n {
+            csv.push_str(&format!("d{i}\n"));
+        }
+        csv
+    };
+    let r = call_raw(&app, Some(&t.admin), "POST", &path, "text/csv", rows(11)).await;
+    r.expect(422);
+    let j = r.json();
+    assert_eq!(j["rows"][0]["row"], 11);
+    assert_eq!(j["rows"][0]["field"], "rows");
+    assert!(j["rows"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 10 rows"));
+    assert_eq!(device_count(&app, &t.admin, p).await, 0);
+    let json: Vec<_> = (0..11).map(|i| json!({"name": format!("j{i}")})).collect();
+    let r = call_raw(
+        &app,
+        Some(&t.admin),
+        "POST",
+        &path,
+        "application/json",
+        serde_json::to_string(&json).unwrap(),
+    )
+    .await;
+    r.expect(422);
+    assert_eq!(r.json()["rows"][0]["field"], "rows");
+    let r = call_raw(&app, Some(&t.admin), "POST", &path, "text/csv", rows(10)).await;
+    r.expect(201);
+    assert_eq!(r.json()["imported"], 10);
+}
+
+async fn csv_import_refuses_extra_columns_and_sloppy_quotes(db: Db) {
+    let t = TestCtx::new(db).await;
+    let app = t.service().await;
+    let p = create_product(&app, &t.admin, "Meter", "alink").await;
+    let path = format!("/v1/products/{p}/devices/import");
+    for (body, row, says) in [
+        ("name\nok-1\nok-2,extra\n", 2, "2 fields"),
+        ("name,secret\nok-1,secret-1\nok-2\n", 2, "1 fields"),
+        ("name\nok-1\n\"ok-2", 2, "not closed"),
+        ("name\n\"ok\"-1\nok-2\n", 1, "closing quote"),
+    ] {
+        let r = call_raw(&app, Some(&t.admin), "POST", &path, "text/csv", body).await;
+        r.expect(422);
+        let j = r.json();
+        assert_eq!(j["total"], 1, "{body:?}: {j}");
+        assert_eq!(j["rows"][0]["row"], row, "{body:?}: {j}");
+        assert_eq!(j["rows"][0]["field"], "row", "{body:?}: {j}");
+        assert!(
+            j["rows"][0]["message"].as_str().unwrap().contains(says),
+            "{body:?}: {j}"
+        );
+    }
+    assert_eq!(device_count(&app, &t.admin, p).await, 0);
+}
+
+async fn json_import_refuses_a_huge_element(db: Db) {
+    let t = TestCtx::new(db).await;
+    let app = t.service().await;
+    let p = create_product(&app, &t.admin, "Meter", "alink").await;
+    let path = format!("/v1/products/{p}/devices/import");
+    let huge = format!(
+        "[{{\"name\":\"a\"}},{{\"name\":\"b\",\"secret\":\"{}\"}}]",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let r = call_raw(
+        &app,
+        Some(&t.admin),
+        "POST",
+        &path,
+        "application/json",
+        huge,
+    )
+    .await;
+    r.expect(400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("longer than"));
+    assert_eq!(device_count(&app, &t.admin, p).await, 0);
+}
+
+// Two (here four) processes starting together on one PostgreSQL database each run the
+// migrations at start; the advisory lock makes the later ones wait and find nothing to do,
+// instead of racing on the same tables.
+#[actix_web::test]
+async fn concurrent_starts_on_one_postgresql_schema_migrate_once() {
+    use ota_migrations::MigratorTrait;
+    use sea_orm::ConnectionTrait;
+    let url = pg_base_url();
+    for round in 0..3 {
+        let schema = format!("mig_{}_{round}_{}", std::process::id(), T0);
+        let admin = sea_orm::Database::connect(&url).await.unwrap();
+        admin
+            .execute_unprepared(&format!(
+                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; CREATE SCHEMA \"{schema}\""
+            ))
+            .await
+            .unwrap();
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                let schema = schema.clone();
+                tokio::spawn(async move {
+                    ota_server::store::Store::connect_with_schema(&url, 2, Some(&schema)).await
+                })
+            })
+            .collect();
+        for s in starts {
+            let store = s.await.unwrap().expect("every process starts");
+            store.close().await.unwrap();
+        }
+        let applied = admin
+            .query_one(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT count(*) AS n FROM \"{schema}\".seaql_migrations"),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        assert_eq!(
+            applied as usize,
+            ota_migrations::Migrator::migrations().len(),
+            "each migration is recorded once"
+        );
+        admin
+            .execute_unprepared(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+    }
 }

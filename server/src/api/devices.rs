@@ -3,14 +3,17 @@
 
 use super::auth::Auth;
 use super::dto::{ts, PageDto, PageQuery};
-use super::stream::{csv_field, paged_csv, BodyChunks, CsvRecords, JsonArrayElements};
+use super::spool::DeviceSpool;
+use super::stream::{
+    csv_field, paged_csv, BodyChunks, CsvRecords, JsonArrayElements, QuoteProblem,
+};
 use super::{ApiError, ApiResult, AppState};
 use crate::clock::rfc3339;
 use crate::domain::{
     role::Action, Device, DeviceId, DeviceName, DeviceSecret, Invalid, ModuleName, ModuleVersion,
     NewDevice, ProductId, Version, VersionReport,
 };
-use crate::store::DeviceImport;
+use crate::store::RowErrors;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -171,6 +174,8 @@ async fn create_device(
 struct CsvColumns {
     name: usize,
     secret: Option<usize>,
+    /// Fields every row must have: as many as the header.
+    count: usize,
 }
 
 fn csv_columns(header: &[String]) -> Result<CsvColumns, ApiError> {
@@ -201,11 +206,18 @@ fn csv_columns(header: &[String]) -> Result<CsvColumns, ApiError> {
             "the first line must be a header with a name column (and optionally secret)",
         )
     })?;
-    Ok(CsvColumns { name, secret })
+    Ok(CsvColumns {
+        name,
+        secret,
+        count: header.len(),
+    })
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with name and, optionally, secret"
+)]
 struct JsonRow {
     name: String,
     #[serde(default)]
@@ -214,9 +226,10 @@ struct JsonRow {
 
 /// Imports up to 1,000,000 devices in one call, all or nothing. The body is CSV
 /// (`text/csv`, a header line with `name` and optionally `secret`) or a JSON array of
-/// `{"name", "secret"?}` objects (`application/json`). It is streamed: rows go to the
-/// database in batches inside one transaction, and any invalid row rolls all back; the
-/// 422 reply lists the rows at fault.
+/// `{"name", "secret"?}` objects (`application/json`). It is streamed to a spool file and
+/// validated first, with no database lock held while the upload arrives; then the rows are
+/// written in one transaction, and any invalid row rolls all back; the 422 reply lists the
+/// rows at fault, lowest row numbers first.
 #[utoipa::path(tag = "devices", params(("id" = i64, Path, description = "product id")),
     request_body(content = String, content_type = "text/csv", description = "CSV with a header line, or a JSON array"),
     responses((status = 201, body = ImportResult), (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
@@ -241,76 +254,134 @@ async fn import_devices(
             "send the import as text/csv or application/json".into(),
         ));
     }
-    let mut import = state
-        .store
-        .begin_device_import(tenant, ProductId(*product), state.now())
-        .await?;
+    // Unknown or foreign products answer 404 before the body is read.
+    let product = state.store.get_product(tenant, ProductId(*product)).await?;
+    let mut spool = DeviceSpool::create(&state.config.data_dir)
+        .await
+        .map_err(|e| ApiError::Internal(format!("creating the import spool: {e}")))?;
+    let mut errors = RowErrors::default();
     let mut body = BodyChunks::new(payload, state.config.devices.import_max_bytes);
+    let mut import = Spooler {
+        spool: &mut spool,
+        errors: &mut errors,
+        row: 0,
+        max_rows: state.config.devices.import_max_rows,
+    };
     if is_csv {
-        import_csv(&mut import, &mut body).await?;
+        import.csv(&mut body).await?;
     } else {
-        import_json(&mut import, &mut body).await?;
+        import.json(&mut body).await?;
     }
-    let result = import.finish().await?;
+    let rows = spool
+        .into_rows()
+        .await
+        .map_err(|e| ApiError::Internal(format!("rewinding the import spool: {e}")))?;
+    let result = state
+        .store
+        .import_devices(tenant, product.id, rows, errors, state.now())
+        .await?;
     Ok(HttpResponse::Created().json(ImportResult {
         imported: result.imported,
     }))
 }
 
-async fn import_csv(import: &mut DeviceImport, body: &mut BodyChunks) -> ApiResult<()> {
-    let mut reader = CsvRecords::default();
-    let mut columns: Option<CsvColumns> = None;
-    let mut row = 0u64;
-    loop {
-        let chunk = body.next().await?;
-        let mut records: Vec<Vec<String>> = Vec::new();
-        reader.feed(chunk.as_deref().unwrap_or(b""), &mut |r| {
-            records.push(r);
-            Ok(())
-        })?;
-        for rec in records {
-            let Some(cols) = &columns else {
-                columns = Some(csv_columns(&rec)?);
-                continue;
-            };
-            if rec.len() == 1 && rec[0].trim().is_empty() {
-                continue; // blank line
-            }
-            row += 1;
-            let name = rec.get(cols.name).map(String::as_str).unwrap_or("");
-            let secret = cols.secret.and_then(|i| rec.get(i)).map(String::as_str);
-            match parse_new_device(name, secret) {
-                Ok(d) => import.add(row, d).await?,
-                Err(e) => import.reject_row(row, e),
-            }
-        }
-        if chunk.is_none() {
-            return Ok(());
-        }
-    }
+/// Reads an import body into the spool, validating each row on the way.
+struct Spooler<'a> {
+    spool: &'a mut DeviceSpool,
+    errors: &'a mut RowErrors,
+    /// 1-based number of the last data row (header and blank lines not counted).
+    row: u64,
+    max_rows: u64,
 }
 
-async fn import_json(import: &mut DeviceImport, body: &mut BodyChunks) -> ApiResult<()> {
-    let mut parser = JsonArrayElements::default();
-    let mut row = 0u64;
-    while let Some(chunk) = body.next().await? {
-        let mut parsed: Vec<Result<JsonRow, String>> = Vec::new();
-        parser.feed(&chunk, &mut |elem| {
-            parsed.push(serde_json::from_slice::<JsonRow>(elem).map_err(|e| e.to_string()));
-            Ok(())
-        })?;
-        for p in parsed {
-            row += 1;
-            match p
-                .map_err(|e| Invalid::new("row", e))
-                .and_then(|r| parse_new_device(&r.name, r.secret.as_deref()))
-            {
-                Ok(d) => import.add(row, d).await?,
-                Err(e) => import.reject_row(row, e),
+impl Spooler<'_> {
+    /// Takes the next data row; refuses the whole import past the row limit.
+    async fn take(&mut self, parsed: Result<NewDevice, Invalid>) -> ApiResult<()> {
+        self.row += 1;
+        if self.row > self.max_rows {
+            // Nothing past the limit is read: the import is refused as a whole.
+            let mut errors = std::mem::take(self.errors);
+            errors.push(
+                self.row,
+                "rows",
+                format!("an import holds at most {} rows", self.max_rows),
+            );
+            return Err(ApiError::InvalidRows(errors));
+        }
+        match parsed {
+            Ok(d) => self
+                .spool
+                .push(self.row, &d)
+                .await
+                .map_err(|e| ApiError::Internal(format!("writing the import spool: {e}"))),
+            Err(e) => {
+                self.errors.push(self.row, e.field, e.message);
+                Ok(())
             }
         }
     }
-    parser.finish()
+
+    async fn csv(&mut self, body: &mut BodyChunks) -> ApiResult<()> {
+        let mut reader = CsvRecords::default();
+        let mut columns: Option<CsvColumns> = None;
+        loop {
+            let chunk = body.next().await?;
+            let mut records: Vec<(Vec<String>, QuoteProblem)> = Vec::new();
+            reader.feed(chunk.as_deref().unwrap_or(b""), &mut |r, p| {
+                records.push((r, p));
+                Ok(())
+            })?;
+            for (rec, problem) in records {
+                let Some(cols) = &columns else {
+                    if let Some(p) = problem {
+                        return Err(ApiError::invalid("header", p));
+                    }
+                    columns = Some(csv_columns(&rec)?);
+                    continue;
+                };
+                if rec.len() == 1 && rec[0].trim().is_empty() && problem.is_none() {
+                    continue; // blank line
+                }
+                let parsed = match problem {
+                    Some(p) => Err(Invalid::new("row", p)),
+                    None if rec.len() != cols.count => Err(Invalid::new(
+                        "row",
+                        format!(
+                            "the row has {} fields; the header has {}",
+                            rec.len(),
+                            cols.count
+                        ),
+                    )),
+                    None => {
+                        let secret = cols.secret.map(|i| rec[i].as_str());
+                        parse_new_device(&rec[cols.name], secret)
+                    }
+                };
+                self.take(parsed).await?;
+            }
+            if chunk.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn json(&mut self, body: &mut BodyChunks) -> ApiResult<()> {
+        let mut parser = JsonArrayElements::default();
+        while let Some(chunk) = body.next().await? {
+            let mut parsed: Vec<Result<JsonRow, String>> = Vec::new();
+            parser.feed(&chunk, &mut |elem| {
+                parsed.push(serde_json::from_slice::<JsonRow>(elem).map_err(|e| e.to_string()));
+                Ok(())
+            })?;
+            for p in parsed {
+                let row = p
+                    .map_err(|e| Invalid::new("row", e))
+                    .and_then(|r| parse_new_device(&r.name, r.secret.as_deref()));
+                self.take(row).await?;
+            }
+        }
+        parser.finish()
+    }
 }
 
 /// Streams `name,secret` of every device of the product, for provisioning (admin only).

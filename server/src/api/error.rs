@@ -48,10 +48,19 @@ pub struct ErrorBody {
     pub field: Option<String>,
     /// For `invalid_rows`: the first rows at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rows: Option<Vec<crate::store::RowError>>,
+    pub rows: Option<Vec<RowErrorDto>>,
     /// For `invalid_rows`: how many rows are at fault in all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+}
+
+/// One row of a bulk input at fault (`invalid_rows`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RowErrorDto {
+    /// 1-based row number in the input, header not counted.
+    pub row: u64,
+    pub field: String,
+    pub message: String,
 }
 
 impl ApiError {
@@ -92,12 +101,23 @@ impl ApiError {
                 body.message = format!("{field}: {message}");
             }
             ApiError::InvalidRows(errs) => {
+                let total = errs.total();
                 body.message = format!(
-                    "{} rows are invalid; nothing was written. Fix the rows listed and send the whole input again",
-                    errs.total
+                    "{total} {}; nothing was written. Fix the rows listed and send the whole input again",
+                    if total == 1 { "row is invalid" } else { "rows are invalid" }
                 );
-                body.rows = Some(errs.rows.clone());
-                body.total = Some(errs.total);
+                body.rows = Some(
+                    errs.clone()
+                        .listed()
+                        .into_iter()
+                        .map(|r| RowErrorDto {
+                            row: r.row,
+                            field: r.field,
+                            message: r.message,
+                        })
+                        .collect(),
+                );
+                body.total = Some(total);
             }
             ApiError::Internal(_) => {
                 body.message = "internal error; the server log has the details".into();
@@ -153,6 +173,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(i) => i.into(),
             StoreError::InvalidRows(r) => ApiError::InvalidRows(r),
             StoreError::Database(db) => ApiError::Internal(db.to_string()),
+            StoreError::Spool(e) => ApiError::Internal(format!("spool: {e}")),
         }
     }
 }

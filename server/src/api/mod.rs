@@ -14,6 +14,7 @@ mod openapi;
 mod packages;
 mod products;
 mod search;
+mod spool;
 pub(crate) mod stream;
 
 pub use error::{ApiError, ApiResult};
@@ -122,7 +123,7 @@ pub async fn run(state: AppState, listener: std::net::TcpListener) -> std::io::R
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::Compress::default())
-            .wrap(tracing_mw::Trace)
+            .wrap(tracing_actix_web::TracingLogger::<request_log::RequestSpan>::new())
             .configure(configure(state.clone()))
     });
     let server = match tls {
@@ -152,71 +153,52 @@ fn load_tls(config: &Config) -> std::io::Result<rustls::ServerConfig> {
         .map_err(|e| io("http.tls", &e))
 }
 
-/// Request logging through `tracing`: one line per request with status and duration.
-mod tracing_mw {
-    use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
-    use std::future::{ready, Future, Ready};
-    use std::pin::Pin;
+/// Request logging through tracing-actix-web: a span per request and one line when it ends,
+/// with the route pattern, status and duration. The pattern, never the path, is logged:
+/// download tokens in `/dl/{token}` are credentials.
+mod request_log {
+    use actix_web::body::MessageBody;
+    use actix_web::dev::{ServiceRequest, ServiceResponse};
+    use actix_web::HttpMessage;
     use std::time::Instant;
+    use tracing::Span;
+    use tracing_actix_web::RootSpanBuilder;
 
-    pub struct Trace;
+    pub struct RequestSpan;
 
-    impl<S, B> Transform<S, ServiceRequest> for Trace
-    where
-        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
-            + 'static,
-    {
-        type Response = ServiceResponse<B>;
-        type Error = actix_web::Error;
-        type Transform = TraceService<S>;
-        type InitError = ();
-        type Future = Ready<Result<Self::Transform, Self::InitError>>;
+    /// When the request came in; kept in its extensions until the response is logged.
+    struct Started(Instant);
 
-        fn new_transform(&self, service: S) -> Self::Future {
-            ready(Ok(TraceService { service }))
+    impl RootSpanBuilder for RequestSpan {
+        fn on_request_start(req: &ServiceRequest) -> Span {
+            req.extensions_mut().insert(Started(Instant::now()));
+            tracing::info_span!("http", method = %req.method())
         }
-    }
 
-    pub struct TraceService<S> {
-        service: S,
-    }
-
-    type BoxFut<T> = Pin<Box<dyn Future<Output = T>>>;
-
-    impl<S, B> Service<ServiceRequest> for TraceService<S>
-    where
-        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>
-            + 'static,
-    {
-        type Response = ServiceResponse<B>;
-        type Error = actix_web::Error;
-        type Future = BoxFut<Result<Self::Response, Self::Error>>;
-
-        forward_ready!(service);
-
-        fn call(&self, req: ServiceRequest) -> Self::Future {
-            let method = req.method().to_string();
-            // Download tokens are credentials: log the route, not the token.
-            let path = if req.path().starts_with("/dl/") {
-                "/dl/…".to_owned()
-            } else {
-                req.path().to_owned()
-            };
-            let start = Instant::now();
-            let fut = self.service.call(req);
-            Box::pin(async move {
-                let res = fut.await;
-                let status = match &res {
-                    Ok(r) => r.status().as_u16(),
-                    Err(e) => e.as_response_error().status_code().as_u16(),
-                };
-                tracing::info!(
+        fn on_request_end<B: MessageBody>(
+            span: Span,
+            outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+        ) {
+            let _in = span.enter();
+            match outcome {
+                Ok(res) => {
+                    let req = res.request();
+                    // Routing has happened by now, so the pattern is known.
+                    let route = req.match_pattern().unwrap_or_else(|| "-".to_owned());
+                    let ms = req
+                        .extensions()
+                        .get::<Started>()
+                        .map(|s| s.0.elapsed().as_millis() as u64);
+                    tracing::info!(
+                        target: "ota_server::http",
+                        %route, status = res.status().as_u16(), ms, "request"
+                    );
+                }
+                Err(e) => tracing::info!(
                     target: "ota_server::http",
-                    %method, %path, status, ms = start.elapsed().as_millis() as u64,
-                    "request"
-                );
-                res
-            })
+                    status = e.as_response_error().status_code().as_u16(), "request"
+                ),
+            }
         }
     }
 }

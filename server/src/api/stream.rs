@@ -41,13 +41,17 @@ impl BodyChunks {
     }
 }
 
-/// A CSV reader fed by chunks; yields records as vectors of fields.
+/// A CSV reader fed by chunks; yields records as vectors of fields, each with the problem
+/// its quoting has, if any. csv_core is lenient (an unterminated quote ends at the end of
+/// input, text after a closing quote is glued on); an import must not guess, so a
+/// [`QuoteCheck`] walks the same bytes and says what csv_core let through.
 pub struct CsvRecords {
     reader: csv_core::Reader,
     out: Vec<u8>,
     out_len: usize,
     ends: Vec<usize>,
     ends_len: usize,
+    quotes: QuoteCheck,
 }
 
 impl Default for CsvRecords {
@@ -58,7 +62,58 @@ impl Default for CsvRecords {
             out_len: 0,
             ends: vec![0; 16],
             ends_len: 0,
+            quotes: QuoteCheck::default(),
         }
+    }
+}
+
+/// What is wrong with a record's quoting.
+pub type QuoteProblem = Option<&'static str>;
+
+/// RFC 4180 quoting, byte by byte: where csv_core accepts sloppy quoting, this notices.
+#[derive(Default)]
+struct QuoteCheck {
+    state: QuoteState,
+    problem: QuoteProblem,
+}
+
+#[derive(Default, PartialEq, Eq, Clone, Copy)]
+enum QuoteState {
+    #[default]
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A `"` inside a quoted field: an escaped quote if another follows, else the end.
+    QuoteInQuoted,
+}
+
+impl QuoteCheck {
+    fn walk(&mut self, bytes: &[u8]) {
+        use QuoteState::*;
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (FieldStart, b'"') => Quoted,
+                (FieldStart | Unquoted | QuoteInQuoted, b',' | b'\n' | b'\r') => FieldStart,
+                (FieldStart | Unquoted, _) => Unquoted,
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (QuoteInQuoted, _) => {
+                    self.problem
+                        .get_or_insert("text follows a closing quote; quote the whole field");
+                    Unquoted
+                }
+            };
+        }
+    }
+
+    /// The problem of the record just completed; `at_end` when the input has ended.
+    fn take(&mut self, at_end: bool) -> QuoteProblem {
+        if at_end && self.state == QuoteState::Quoted {
+            self.problem
+                .get_or_insert("a quoted field is not closed before the end of the input");
+        }
+        self.problem.take()
     }
 }
 
@@ -67,7 +122,7 @@ impl CsvRecords {
     pub fn feed(
         &mut self,
         mut input: &[u8],
-        each: &mut dyn FnMut(Vec<String>) -> Result<(), ApiError>,
+        each: &mut dyn FnMut(Vec<String>, QuoteProblem) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         let at_end = input.is_empty();
         loop {
@@ -76,6 +131,7 @@ impl CsvRecords {
                 &mut self.out[self.out_len..],
                 &mut self.ends[self.ends_len..],
             );
+            self.quotes.walk(&input[..nin]);
             input = &input[nin..];
             self.out_len += nout;
             self.ends_len += nend;
@@ -116,13 +172,17 @@ impl CsvRecords {
                     }
                     self.out_len = 0;
                     self.ends_len = 0;
-                    each(fields)?;
+                    let problem = self.quotes.take(at_end && input.is_empty());
+                    each(fields, problem)?;
                 }
                 csv_core::ReadRecordResult::End => return Ok(()),
             }
         }
     }
 }
+
+/// The longest element of a JSON import; a device row is a few hundred bytes.
+pub const MAX_JSON_ELEMENT: usize = 64 * 1024;
 
 /// Splits a top-level JSON array into its elements' bytes, fed by chunks.
 #[derive(Default)]
@@ -175,6 +235,16 @@ impl JsonArrayElements {
                     }
                 }
                 JsonState::InArray => {
+                    // Every byte counts toward the limit, inside strings and brackets too.
+                    if self.current.len() >= MAX_JSON_ELEMENT {
+                        return Err(ApiError::invalid(
+                            "body",
+                            format!(
+                                "a JSON element is longer than {} KiB",
+                                MAX_JSON_ELEMENT / 1024
+                            ),
+                        ));
+                    }
                     if self.in_string {
                         self.current.push(b);
                         if self.escaped {
@@ -212,15 +282,7 @@ impl JsonArrayElements {
                             }
                             self.emit(each)?;
                         }
-                        _ => {
-                            if self.current.len() >= 1 << 20 {
-                                return Err(ApiError::invalid(
-                                    "body",
-                                    "a JSON element is longer than 1 MiB",
-                                ));
-                            }
-                            self.current.push(b);
-                        }
+                        _ => self.current.push(b),
                     }
                 }
             }
@@ -257,18 +319,70 @@ mod tests {
         let mut r = CsvRecords::default();
         let mut out = vec![];
         for c in chunks {
-            r.feed(c, &mut |f| {
+            r.feed(c, &mut |f, p| {
+                assert_eq!(p, None);
                 out.push(f);
                 Ok(())
             })
             .unwrap();
         }
-        r.feed(b"", &mut |f| {
+        r.feed(b"", &mut |f, p| {
+            assert_eq!(p, None);
             out.push(f);
             Ok(())
         })
         .unwrap();
         out
+    }
+
+    fn csv_problems(text: &[u8]) -> Vec<(Vec<String>, QuoteProblem)> {
+        let mut r = CsvRecords::default();
+        let mut out = vec![];
+        for input in [text, b""] {
+            r.feed(input, &mut |f, p| {
+                out.push((f, p));
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn csv_unterminated_quote_is_a_problem_of_its_record() {
+        let out = csv_problems(b"name\ndev1\n\"dev2");
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1].1, None);
+        assert_eq!(out[2].0, vec!["dev2"]);
+        assert!(out[2].1.unwrap().contains("not closed"), "{:?}", out[2].1);
+    }
+
+    #[test]
+    fn csv_text_after_a_closing_quote_is_a_problem() {
+        let out = csv_problems(b"name\n\"dev\"1\nok\n\"a\"\"b\"\n");
+        assert!(out[1].1.unwrap().contains("closing quote"));
+        assert_eq!(out[2].1, None);
+        assert_eq!(out[3], (vec!["a\"b".to_owned()], None));
+    }
+
+    #[test]
+    fn json_element_limit_counts_bytes_inside_strings_and_brackets() {
+        for huge in [
+            format!("[{{\"name\":\"{}\"}}]", "x".repeat(MAX_JSON_ELEMENT)),
+            format!("[{{\"name\":[{}1]}}]", "[".repeat(MAX_JSON_ELEMENT)),
+        ] {
+            let mut p = JsonArrayElements::default();
+            let mut seen = 0;
+            let err = p
+                .feed(huge.as_bytes(), &mut |_| {
+                    seen += 1;
+                    Ok(())
+                })
+                .err()
+                .expect("a huge element is refused");
+            assert_eq!(seen, 0);
+            assert!(matches!(err, ApiError::Invalid { .. }));
+        }
     }
 
     #[test]

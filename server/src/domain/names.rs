@@ -40,13 +40,28 @@ impl Rule {
 
 macro_rules! validated {
     ($(#[$doc:meta])* $name:ident, $rule:expr) => {
+        validated!($(#[$doc])* $name, $rule, redact = false);
+    };
+    ($(#[$doc:meta])* $name:ident, $rule:expr, redact = $redact:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
         pub struct $name(String);
 
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                if Self::REDACT {
+                    write!(f, "{}(<redacted>)", stringify!($name))
+                } else {
+                    f.debug_tuple(stringify!($name)).field(&self.0).finish()
+                }
+            }
+        }
+
         impl $name {
             const RULE: Rule = $rule;
+            /// Whether `Debug` hides the value (secrets).
+            const REDACT: bool = $redact;
 
             /// Checks `value` against the rule; `field` is named in the error.
             pub fn parse(field: &str, value: impl Into<String>) -> Result<Self, Invalid> {
@@ -140,7 +155,8 @@ validated!(
     /// A device secret (shared key for MQTT authentication).
     DeviceSecret,
     Rule { what: "a device secret", min: 8, max: 128, allowed: secret_char,
-           allowed_text: "printable ASCII without spaces" }
+           allowed_text: "printable ASCII without spaces" },
+    redact = true
 );
 validated!(
     /// The name of a device attribute.
@@ -207,8 +223,20 @@ pub fn bounded_text(field: &str, v: &str, min: usize, max: usize) -> Result<(), 
 }
 
 /// How a product's devices speak MQTT (DESIGN §8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Protocol {
     /// Alibaba Link Kit topics and signing.
     Alink,
@@ -218,23 +246,28 @@ pub enum Protocol {
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Alink => "alink",
-            Protocol::Enos => "enos",
-        }
+        self.into()
     }
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "alink" => Some(Self::Alink),
-            "enos" => Some(Self::Enos),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
 /// Full image or delta against one source version (SPEC P1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum PackageKind {
     Full,
     Diff,
@@ -242,23 +275,28 @@ pub enum PackageKind {
 
 impl PackageKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            PackageKind::Full => "full",
-            PackageKind::Diff => "diff",
-        }
+        self.into()
     }
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "full" => Some(Self::Full),
-            "diff" => Some(Self::Diff),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
 /// The digest a device checks its download against (SPEC P1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum SignMethod {
     Md5,
     Sha256,
@@ -266,23 +304,28 @@ pub enum SignMethod {
 
 impl SignMethod {
     pub fn as_str(self) -> &'static str {
-        match self {
-            SignMethod::Md5 => "md5",
-            SignMethod::Sha256 => "sha256",
-        }
+        self.into()
     }
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "md5" => Some(Self::Md5),
-            "sha256" => Some(Self::Sha256),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
 /// Verification status of a package (SPEC P2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum PackageStatus {
     Unverified,
     Verified,
@@ -291,25 +334,64 @@ pub enum PackageStatus {
 
 impl PackageStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            PackageStatus::Unverified => "unverified",
-            PackageStatus::Verified => "verified",
-            PackageStatus::NoNeed => "no_need",
-        }
+        self.into()
     }
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "unverified" => Some(Self::Unverified),
-            "verified" => Some(Self::Verified),
-            "no_need" => Some(Self::NoNeed),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enums_map_to_and_from_their_wire_words() {
+        for (p, w) in [(Protocol::Alink, "alink"), (Protocol::Enos, "enos")] {
+            assert_eq!((p.as_str(), Protocol::parse(w)), (w, Some(p)));
+            assert_eq!(serde_json::to_value(p).unwrap(), w);
+        }
+        for (k, w) in [
+            (PackageStatus::NoNeed, "no_need"),
+            (PackageStatus::Verified, "verified"),
+            (PackageStatus::Unverified, "unverified"),
+        ] {
+            assert_eq!((k.as_str(), PackageStatus::parse(w)), (w, Some(k)));
+            assert_eq!(serde_json::to_value(k).unwrap(), w);
+        }
+        for (k, w) in [(PackageKind::Full, "full"), (PackageKind::Diff, "diff")] {
+            assert_eq!((k.as_str(), PackageKind::parse(w)), (w, Some(k)));
+        }
+        for (k, w) in [(SignMethod::Md5, "md5"), (SignMethod::Sha256, "sha256")] {
+            assert_eq!((k.as_str(), SignMethod::parse(w)), (w, Some(k)));
+        }
+        assert_eq!(Protocol::parse("Alink"), None);
+        assert_eq!(PackageStatus::parse("noneed"), None);
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let s = DeviceSecret::parse("secret", "hunter2-secret").unwrap();
+        assert_eq!(format!("{s:?}"), "DeviceSecret(<redacted>)");
+        let d = crate::domain::Device {
+            id: crate::domain::DeviceId(1),
+            tenant_id: crate::domain::TenantId(1),
+            product_id: crate::domain::ProductId(1),
+            name: DeviceName::parse("name", "dev").unwrap(),
+            secret: "hunter2-secret".into(),
+            online: false,
+            activated_at: None,
+            last_seen_at: None,
+            created_at: 0,
+        };
+        let new = crate::domain::NewDevice {
+            name: DeviceName::parse("name", "dev").unwrap(),
+            secret: Some(s),
+        };
+        let shown = format!("{d:?} {d:#?} {new:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(format!("{:?}", d.name).contains("dev"));
+    }
 
     #[test]
     fn device_names_follow_the_alibaba_rule_and_keep_topics_safe() {

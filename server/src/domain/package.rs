@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(e.field, "description");
     }
 
-    // SPEC P2
+    // Part of P2: `verified` comes only from a verification rollout.
     #[test]
     fn verified_cannot_be_set_by_hand() {
         assert!(check_manual_status(PackageStatus::NoNeed).is_ok());

@@ -43,7 +43,7 @@ pub struct Product {
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Device {
     pub id: DeviceId,
     pub tenant_id: TenantId,
@@ -54,6 +54,23 @@ pub struct Device {
     pub activated_at: Option<Millis>,
     pub last_seen_at: Option<Millis>,
     pub created_at: Millis,
+}
+
+// The secret stays out of `Debug` output: device records end up in logs and panic messages.
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("product_id", &self.product_id)
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field("online", &self.online)
+            .field("activated_at", &self.activated_at)
+            .field("last_seen_at", &self.last_seen_at)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 /// A device's current version of one module (SPEC D2).

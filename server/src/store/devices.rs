@@ -14,7 +14,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 pub(crate) fn to_device(m: device::Model) -> Device {
     Device {
@@ -135,34 +135,6 @@ impl Store {
         Ok(to_device(active.update(self.db()).await?))
     }
 
-    /// Starts an all-or-nothing import into `product`.
-    pub async fn begin_device_import(
-        &self,
-        tenant: TenantId,
-        product: ProductId,
-        now: Millis,
-    ) -> StoreResult<DeviceImport> {
-        let p = self.get_product(tenant, product).await?;
-        let txn = self.db().begin().await?;
-        let existing = device::Entity::find()
-            .filter(device::Column::ProductId.eq(p.id.0))
-            .limit(1)
-            .count(&txn)
-            .await?;
-        Ok(DeviceImport {
-            txn,
-            tenant,
-            product: p.id,
-            now,
-            product_was_empty: existing == 0,
-            seen: HashSet::new(),
-            batch: Vec::with_capacity(IMPORT_BATCH),
-            errors: RowErrors::default(),
-            rows: 0,
-            inserted: 0,
-        })
-    }
-
     /// Records a version report: the module's current version and one history row (SPEC D2).
     pub async fn record_version_report(
         &self,
@@ -279,102 +251,152 @@ impl Store {
     }
 }
 
-/// An import in progress: rows go in by batches inside one transaction. Dropping it without
-/// [`DeviceImport::finish`] rolls everything back.
-pub struct DeviceImport {
-    txn: DatabaseTransaction,
-    tenant: TenantId,
-    product: ProductId,
-    now: Millis,
-    product_was_empty: bool,
-    seen: HashSet<String>,
-    batch: Vec<(u64, NewDevice)>,
-    errors: RowErrors,
-    rows: u64,
-    inserted: u64,
-}
-
 /// What a finished import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportSummary {
     pub imported: u64,
 }
 
-impl DeviceImport {
-    /// Rows taken so far (valid or not).
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
+/// One validated row of an import, with its 1-based number in the input.
+pub type ImportRow = (u64, NewDevice);
 
-    /// Notes a row that failed validation before reaching the store.
-    pub fn reject_row(&mut self, row: u64, err: Invalid) {
-        self.rows += 1;
-        self.errors.push(row, err.field, err.message);
+impl Store {
+    /// Writes an import's rows into `product`, all or nothing, in one transaction.
+    ///
+    /// `rows` must be ready to read at database speed (a spooled, validated file): the
+    /// transaction holds SQLite's write lock, or a pooled PostgreSQL connection, for as long
+    /// as it reads. `errors` are the rows that failed validation upstream; rows that clash
+    /// with existing devices or with each other are added to them, and any error rolls all
+    /// back. Duplicates are found by the unique index, so no set of every name is kept.
+    pub async fn import_devices<S>(
+        &self,
+        tenant: TenantId,
+        product: ProductId,
+        mut rows: S,
+        mut errors: RowErrors,
+        now: Millis,
+    ) -> StoreResult<ImportSummary>
+    where
+        S: futures_util::Stream<Item = std::io::Result<ImportRow>> + Unpin,
+    {
+        use futures_util::StreamExt;
+        let p = self.get_product(tenant, product).await?;
+        let txn = self.db().begin().await?;
+        // Ids only grow, so a clashing row with a larger id came from this import.
+        let max_before: i64 = device::Entity::find()
+            .select_only()
+            .column_as(device::Column::Id.max(), "m")
+            .into_tuple::<Option<i64>>()
+            .one(&txn)
+            .await?
+            .flatten()
+            .unwrap_or(0);
+        let mut import = ImportWriter {
+            txn: &txn,
+            tenant,
+            product: p.id,
+            now,
+            max_before,
+            errors: &mut errors,
+            inserted: 0,
+        };
+        let mut batch: Vec<ImportRow> = Vec::with_capacity(IMPORT_BATCH);
+        let mut any = false;
+        while let Some(row) = rows.next().await {
+            batch.push(row.map_err(StoreError::Spool)?);
+            any = true;
+            if batch.len() >= IMPORT_BATCH {
+                import.write(std::mem::take(&mut batch)).await?;
+            }
+        }
+        import.write(batch).await?;
+        let inserted = import.inserted;
+        if !errors.is_empty() {
+            txn.rollback().await?;
+            return Err(StoreError::InvalidRows(errors));
+        }
+        if !any {
+            txn.rollback().await?;
+            return Err(StoreError::Invalid(Invalid::new(
+                "body",
+                "the import holds no device rows",
+            )));
+        }
+        txn.commit().await?;
+        Ok(ImportSummary { imported: inserted })
     }
+}
 
-    /// Adds one validated row; `row` is its 1-based number in the input.
-    pub async fn add(&mut self, row: u64, device: NewDevice) -> StoreResult<()> {
-        self.rows += 1;
-        if self.rows > limits::MAX_IMPORT_ROWS as u64 {
-            self.errors.push(
-                row,
-                "rows",
-                format!("an import holds at most {} rows", limits::MAX_IMPORT_ROWS),
-            );
+/// Writes batches of an import inside its transaction and explains the rows that clash.
+struct ImportWriter<'a> {
+    txn: &'a DatabaseTransaction,
+    tenant: TenantId,
+    product: ProductId,
+    now: Millis,
+    max_before: i64,
+    errors: &'a mut RowErrors,
+    inserted: u64,
+}
+
+impl ImportWriter<'_> {
+    async fn write(&mut self, batch: Vec<ImportRow>) -> StoreResult<()> {
+        if batch.is_empty() {
             return Ok(());
         }
-        if !self.seen.insert(device.name.as_str().to_owned()) {
-            self.errors.push(
-                row,
-                "name",
-                format!(
-                    "device {:?} appears more than once in this import",
-                    device.name.as_str()
-                ),
-            );
-            return Ok(());
+        // The common case is one statement; only a batch that clashes pays for the diagnosis.
+        let sp = self.txn.begin().await?;
+        let n = batch.len() as u64;
+        match sp.execute(self.insert(&batch)?).await {
+            Ok(_) => {
+                sp.commit().await?;
+                self.inserted += n;
+                return Ok(());
+            }
+            Err(e) if is_unique_violation(&e) => sp.rollback().await?,
+            Err(e) => return Err(e.into()),
         }
-        self.batch.push((row, device));
-        if self.batch.len() >= IMPORT_BATCH {
-            self.flush().await?;
+        let names: Vec<&str> = batch.iter().map(|(_, d)| d.name.as_str()).collect();
+        let existing: HashMap<String, i64> = device::Entity::find()
+            .select_only()
+            .column(device::Column::Name)
+            .column(device::Column::Id)
+            .filter(device::Column::ProductId.eq(self.product.0))
+            .filter(device::Column::Name.is_in(names))
+            .into_tuple::<(String, i64)>()
+            .all(self.txn)
+            .await?
+            .into_iter()
+            .collect();
+        let mut first_in_batch: HashMap<&str, u64> = HashMap::new();
+        let mut clean = Vec::with_capacity(batch.len());
+        for (row, d) in &batch {
+            let name = d.name.as_str();
+            if let Some(id) = existing.get(name) {
+                let why = if *id > self.max_before {
+                    format!("device {name:?} appears more than once in this import")
+                } else {
+                    format!("device {name:?} exists already in this product")
+                };
+                self.errors.push(*row, "name", why);
+            } else if let Some(first) = first_in_batch.get(name) {
+                self.errors.push(
+                    *row,
+                    "name",
+                    format!("device {name:?} appears more than once in this import (first in row {first})"),
+                );
+            } else {
+                first_in_batch.insert(name, *row);
+                clean.push((*row, d.clone()));
+            }
+        }
+        // The rest still goes in (to be rolled back), so later rows that repeat it are found.
+        if !clean.is_empty() {
+            self.txn.execute(self.insert(&clean)?).await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> StoreResult<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        if !self.product_was_empty {
-            let names: Vec<&str> = batch.iter().map(|(_, d)| d.name.as_str()).collect();
-            let existing: HashSet<String> = device::Entity::find()
-                .select_only()
-                .column(device::Column::Name)
-                .filter(device::Column::ProductId.eq(self.product.0))
-                .filter(device::Column::Name.is_in(names))
-                .into_tuple::<String>()
-                .all(&self.txn)
-                .await?
-                .into_iter()
-                .collect();
-            for (row, d) in &batch {
-                if existing.contains(d.name.as_str()) {
-                    self.errors.push(
-                        *row,
-                        "name",
-                        format!(
-                            "device {:?} exists already in this product",
-                            d.name.as_str()
-                        ),
-                    );
-                }
-            }
-        }
-        // Once any row failed nothing will be committed, so only validation goes on.
-        if !self.errors.is_empty() {
-            return Ok(());
-        }
+    fn insert(&self, batch: &[ImportRow]) -> StoreResult<sea_orm::Statement> {
         let mut insert = Query::insert();
         insert.into_table(device::Entity).columns([
             device::Column::TenantId,
@@ -383,55 +405,23 @@ impl DeviceImport {
             device::Column::Secret,
             device::Column::CreatedAt,
         ]);
-        let n = batch.len() as u64;
         for (_, d) in batch {
             let secret = d
                 .secret
-                .map(DeviceSecret::into_string)
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
                 .unwrap_or_else(generate_device_secret);
             insert
                 .values([
                     self.tenant.0.into(),
                     self.product.0.into(),
-                    d.name.into_string().into(),
+                    d.name.as_str().into(),
                     secret.into(),
                     self.now.into(),
                 ])
                 .map_err(|e| StoreError::Database(sea_orm::DbErr::Custom(e.to_string())))?;
         }
-        let stmt = self.txn.get_database_backend().build(&insert);
-        self.txn.execute(stmt).await.map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(
-                    "another import or create added some of these devices at the same time; retry"
-                        .into(),
-                )
-            } else {
-                e.into()
-            }
-        })?;
-        self.inserted += n;
-        Ok(())
-    }
-
-    /// Commits when every row was valid; otherwise rolls back and returns the row errors.
-    pub async fn finish(mut self) -> StoreResult<ImportSummary> {
-        self.flush().await?;
-        if !self.errors.is_empty() {
-            self.txn.rollback().await?;
-            return Err(StoreError::InvalidRows(self.errors));
-        }
-        if self.rows == 0 {
-            self.txn.rollback().await?;
-            return Err(StoreError::Invalid(Invalid::new(
-                "body",
-                "the import holds no device rows",
-            )));
-        }
-        self.txn.commit().await?;
-        Ok(ImportSummary {
-            imported: self.inserted,
-        })
+        Ok(self.txn.get_database_backend().build(&insert))
     }
 }
 

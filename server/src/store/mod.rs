@@ -38,20 +38,23 @@ pub enum StoreError {
     InvalidRows(RowErrors),
     #[error("database: {0}")]
     Database(#[from] DbErr),
+    /// Reading a spooled upload back failed (disk trouble, not the caller's input).
+    #[error("reading the spooled upload: {0}")]
+    Spool(std::io::Error),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Problems with individual rows of a bulk input (1-based row numbers, header not counted).
-#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+/// Rows may fail in any order (validation first, clashes found later); the lowest-numbered
+/// [`RowErrors::MAX_LISTED`] are kept, so a reply lists the first rows at fault, in order.
+#[derive(Debug, Clone, Default)]
 pub struct RowErrors {
-    /// The first rows that failed, at most [`RowErrors::MAX_LISTED`].
-    pub rows: Vec<RowError>,
-    /// How many rows failed in all.
-    pub total: u64,
+    rows: Vec<RowError>,
+    total: u64,
 }
 
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {
     pub row: u64,
     pub field: String,
@@ -63,16 +66,35 @@ impl RowErrors {
 
     pub fn push(&mut self, row: u64, field: impl Into<String>, message: impl Into<String>) {
         self.total += 1;
-        if self.rows.len() < Self::MAX_LISTED {
-            self.rows.push(RowError {
-                row,
-                field: field.into(),
-                message: message.into(),
-            });
+        self.rows.push(RowError {
+            row,
+            field: field.into(),
+            message: message.into(),
+        });
+        // Amortised: trim only when twice the listed number have gathered.
+        if self.rows.len() >= 2 * Self::MAX_LISTED {
+            self.trim();
         }
     }
+
+    fn trim(&mut self) {
+        self.rows.sort_by_key(|r| r.row);
+        self.rows.truncate(Self::MAX_LISTED);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.total == 0
+    }
+
+    /// How many rows failed in all.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The lowest-numbered rows at fault, at most [`RowErrors::MAX_LISTED`], by row number.
+    pub fn listed(mut self) -> Vec<RowError> {
+        self.trim();
+        self.rows
     }
 }
 
@@ -110,8 +132,27 @@ impl Store {
                 .foreign_keys(true)
                 .create_if_missing(true)
         });
+        let lock_opt = {
+            let mut o = opt.clone();
+            o.max_connections(1).min_connections(1);
+            o
+        };
         let db = Database::connect(opt).await?;
-        Migrator::up(&db, None).await?;
+        if db.get_database_backend() == DbBackend::Postgres {
+            // Two processes starting together on one database must not both migrate: the
+            // first takes a session-level advisory lock (on a connection of its own, so the
+            // pool may be of any size) and the second waits, then finds nothing to do.
+            let lock = Database::connect(lock_opt).await?;
+            lock.execute_unprepared(MIGRATION_LOCK).await?;
+            let migrated = Migrator::up(&db, None).await;
+            // Closing the connection releases the lock even if the unlock fails.
+            let _ = lock.execute_unprepared(MIGRATION_UNLOCK).await;
+            lock.close().await?;
+            migrated?;
+        } else {
+            // SQLite: one process owns the data directory and its database file.
+            Migrator::up(&db, None).await?;
+        }
         Ok(Self { db })
     }
 
@@ -134,6 +175,12 @@ impl Store {
         Ok(())
     }
 }
+
+/// One lock per schema, so test schemas in one database do not wait on each other.
+const MIGRATION_LOCK: &str =
+    "SELECT pg_advisory_lock(hashtext('ota-migrations:' || current_schema()))";
+const MIGRATION_UNLOCK: &str =
+    "SELECT pg_advisory_unlock(hashtext('ota-migrations:' || current_schema()))";
 
 /// Whether a database error is a unique-constraint violation (both backends).
 pub(crate) fn is_unique_violation(e: &DbErr) -> bool {
