@@ -380,8 +380,11 @@ fn describe_errors(errors: figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let mut path = e.path.clone();
+            // figment puts an unknown key into the path for some sources and not others.
             if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-                path.push(field.clone());
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
             }
             let key = path.join(".");
             let source = e.metadata.as_ref().and_then(|m| m.source.as_ref());

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The server binary: `OTA_SERVER_BIN`, or the workspace target dir's debug/release build.
+/// The server binary: `E2E_SERVER_BIN`, or the workspace target dir's debug/release build.
 pub fn server_bin(release: bool) -> PathBuf {
-    if let Ok(p) = std::env::var("OTA_SERVER_BIN") {
+    if let Ok(p) = std::env::var("E2E_SERVER_BIN") {
         return PathBuf::from(p);
     }
     let target = std::env::var("CARGO_TARGET_DIR")

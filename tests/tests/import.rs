@@ -179,16 +179,27 @@ async fn slow_import_does_not_stall_devices(env: Vec<(String, String)>) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let problems = || -> Vec<String> {
+        srv.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .cloned()
+            .collect()
+    };
     assert_eq!(
-        stored, DEVICES,
-        "every report is stored within {REPORT_BOUND:?} of being sent"
+        stored,
+        DEVICES,
+        "every report is stored within {REPORT_BOUND:?} of being sent; server problems: {:?}",
+        problems()
     );
     assert!(
         !import.is_finished(),
         "the reports were stored while the import was still arriving"
     );
     let (status, j) = import.await.unwrap();
-    assert_eq!(status, 201, "{j}");
+    assert_eq!(status, 201, "{j}; server problems: {:?}", problems());
     assert_eq!(j["imported"], SLOW_ROWS);
 }
 

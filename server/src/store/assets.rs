@@ -10,7 +10,7 @@ use crate::domain::*;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    QueryOrder, QuerySelect, Set,
 };
 
 fn to_tree(m: asset_tree::Model) -> AssetTree {
@@ -63,7 +63,7 @@ impl Store {
         name: DisplayName,
         now: Millis,
     ) -> StoreResult<AssetTree> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         lock_tenant(&txn, tenant).await?;
         let taken = asset_tree::Entity::find()
             .filter(asset_tree::Column::TenantId.eq(tenant.0))
@@ -114,7 +114,7 @@ impl Store {
 
     /// Deletes an asset tree that has no nodes left.
     pub async fn delete_asset_tree(&self, tenant: TenantId, id: AssetTreeId) -> StoreResult<()> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let t = find_tree(&txn, tenant, id).await?;
         let nodes = asset_node::Entity::find()
             .filter(asset_node::Column::TenantId.eq(tenant.0))
@@ -142,7 +142,7 @@ impl Store {
         name: DisplayName,
         now: Millis,
     ) -> StoreResult<AssetNode> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         lock_tenant(&txn, tenant).await?;
         let t = find_tree(&txn, tenant, tree).await?;
         if let Some(p) = parent {
@@ -239,7 +239,7 @@ impl Store {
 
     /// Deletes a node and its device bindings; refused while it has child nodes.
     pub async fn delete_asset_node(&self, tenant: TenantId, id: AssetNodeId) -> StoreResult<()> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let n = find_node(&txn, tenant, id, "asset node").await?;
         let children = asset_node::Entity::find()
             .filter(asset_node::Column::TenantId.eq(tenant.0))
@@ -270,7 +270,7 @@ impl Store {
         node: AssetNodeId,
         devices: &[DeviceId],
     ) -> StoreResult<u64> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let n = find_node(&txn, tenant, node, "asset node").await?;
         let ids = check_device_ids(&txn, tenant, devices).await?;
         let mut bound = 0;
@@ -304,7 +304,7 @@ impl Store {
         node: AssetNodeId,
         devices: &[DeviceId],
     ) -> StoreResult<u64> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let n = find_node(&txn, tenant, node, "asset node").await?;
         let ids = check_device_ids(&txn, tenant, devices).await?;
         let mut removed = 0;

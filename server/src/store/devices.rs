@@ -145,7 +145,7 @@ impl Store {
         now: Millis,
     ) -> StoreResult<()> {
         let d = self.get_device(tenant, device).await?;
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let known = device_module::Entity::find()
             .filter(device_module::Column::DeviceId.eq(d.id.0))
             .count(&txn)
@@ -281,7 +281,7 @@ impl Store {
     {
         use futures_util::StreamExt;
         let p = self.get_product(tenant, product).await?;
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         // Ids only grow, so a clashing row with a larger id came from this import.
         let max_before: i64 = device::Entity::find()
             .select_only()

@@ -10,7 +10,7 @@ use crate::domain::*;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    QueryOrder, QuerySelect, Set,
 };
 
 fn to_group(m: device_group::Model) -> Group {
@@ -94,7 +94,7 @@ impl Store {
         new: NewGroup,
         now: Millis,
     ) -> StoreResult<Group> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         lock_tenant(&txn, tenant).await?;
         if let Some(p) = new.parent {
             find_group(&txn, tenant, p, "parent group").await?;
@@ -163,7 +163,7 @@ impl Store {
         id: GroupId,
         patch: GroupPatch,
     ) -> StoreResult<Group> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         lock_tenant(&txn, tenant).await?;
         let row = find_group(&txn, tenant, id, "group").await?;
         if let Some(n) = &patch.name {
@@ -184,7 +184,7 @@ impl Store {
     /// Deletes a group and its memberships (the devices stay); refused while it has
     /// subgroups, so a whole branch is never removed by one call.
     pub async fn delete_group(&self, tenant: TenantId, id: GroupId) -> StoreResult<()> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         lock_tenant(&txn, tenant).await?;
         let g = find_group(&txn, tenant, id, "group").await?;
         let children = device_group::Entity::find()
@@ -217,7 +217,7 @@ impl Store {
         group: GroupId,
         devices: &[DeviceId],
     ) -> StoreResult<u64> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let g = find_group(&txn, tenant, group, "group").await?;
         let ids = check_device_ids(&txn, tenant, devices).await?;
         let mut added = 0;
@@ -252,7 +252,7 @@ impl Store {
         group: GroupId,
         devices: &[DeviceId],
     ) -> StoreResult<u64> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let g = find_group(&txn, tenant, group, "group").await?;
         let ids = check_device_ids(&txn, tenant, devices).await?;
         let mut removed = 0;

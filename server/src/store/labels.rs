@@ -5,10 +5,7 @@ use super::entity::{device, device_attribute, device_tag};
 use super::{Store, StoreError, StoreResult};
 use crate::domain::*;
 use sea_orm::sea_query::LockType;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
-    TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set};
 use std::collections::BTreeMap;
 
 /// Name → value, sorted by name.
@@ -123,7 +120,7 @@ impl Store {
         labels: &Labels,
     ) -> StoreResult<LabelSet> {
         labels.kind.check_count(labels.set.len())?;
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let id = lock_device(&txn, tenant, device).await?;
         write_set(&txn, tenant, id, labels.kind, &labels.set).await?;
         txn.commit().await?;
@@ -138,7 +135,7 @@ impl Store {
         device: DeviceId,
         patch: &LabelPatch,
     ) -> StoreResult<LabelSet> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let id = lock_device(&txn, tenant, device).await?;
         let current = read_set(&txn, tenant, id, patch.kind).await?;
         let next = patch.apply(current.clone());

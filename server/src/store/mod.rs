@@ -23,7 +23,10 @@ pub use tenants::*;
 
 use crate::domain::Invalid;
 use ota_migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
+};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +171,19 @@ impl Store {
 
     pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// A transaction that writes. On SQLite it takes the write lock with its first
+    /// statement: in WAL mode a transaction that reads and then writes fails at once with
+    /// SQLITE_BUSY_SNAPSHOT (517) when another connection commits in between, and no busy
+    /// timeout helps; one whose first statement writes waits for the lock instead.
+    pub(crate) async fn begin_write(&self) -> StoreResult<DatabaseTransaction> {
+        let txn = self.db.begin().await?;
+        if self.backend() == DbBackend::Sqlite {
+            txn.execute_unprepared("UPDATE tenant SET id = id WHERE 0")
+                .await?;
+        }
+        Ok(txn)
     }
 
     pub async fn close(self) -> StoreResult<()> {

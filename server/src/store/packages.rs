@@ -8,7 +8,6 @@ use crate::clock::Millis;
 use crate::domain::*;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
 };
 
 /// Filters of the package list; `None` means any.
@@ -216,7 +215,7 @@ impl Store {
         tenant: TenantId,
         id: PackageId,
     ) -> StoreResult<Vec<PackageFile>> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let p = package::Entity::find_by_id(id.0)
             .filter(package::Column::TenantId.eq(tenant.0))
             .one(&txn)
@@ -324,7 +323,7 @@ impl Store {
         package: PackageId,
         file: PackageFileId,
     ) -> StoreResult<PackageFile> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let row = package_file::Entity::find_by_id(file.0)
             .filter(package_file::Column::TenantId.eq(tenant.0))
             .filter(package_file::Column::PackageId.eq(package.0))

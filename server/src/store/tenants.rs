@@ -7,7 +7,7 @@ use crate::domain::*;
 use rand::RngCore;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 use sha2::{Digest, Sha256};
 
@@ -85,7 +85,7 @@ impl Store {
         name: &DisplayName,
         now: Millis,
     ) -> StoreResult<(Tenant, NewApiKey)> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let row = tenant::ActiveModel {
             name: Set(name.as_str().to_owned()),
             created_at: Set(now),
@@ -149,7 +149,7 @@ impl Store {
         id: ApiKeyId,
         now: Millis,
     ) -> StoreResult<ApiKey> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let row = api_key::Entity::find_by_id(id.0)
             .filter(api_key::Column::TenantId.eq(tenant.0))
             .one(&txn)
