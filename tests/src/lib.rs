@@ -25,7 +25,11 @@ pub fn server_bin(release: bool) -> PathBuf {
 /// Runs a one-shot CLI command (`tenant create`, `config print-default`, ...).
 pub async fn cli(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<std::process::Output> {
     let mut cmd = Command::new(bin);
-    cmd.args(args).env_remove("RUST_LOG");
+    // OTA_SERVER_BIN is this harness's setting; the server would read it as its own
+    // (`OTA_` is its configuration prefix) and refuse the unknown key.
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("OTA_SERVER_BIN");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -76,6 +80,7 @@ impl Server {
             .args(&opts.args)
             .arg("serve")
             .env_remove("RUST_LOG")
+            .env_remove("OTA_SERVER_BIN")
             .env("OTA_LOG__FORMAT", "text")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -25,7 +25,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// byte range (RFC 9110 §14.2: malformed, another unit, or several ranges). A forged, malformed or expired token is
 /// 403 `download_denied`; a deleted file is 404.
 #[utoipa::path(tag = "downloads", security(()),
-    params(("token" = String, Path, description = "the token of a download_url")),
+    params(
+        ("token" = String, Path, description = "the token of a download_url"),
+        ("Range" = Option<String>, Header, description = "one byte range, `bytes=first-[last]` or `bytes=-suffix`; any other value is ignored"),
+        ("If-Range" = Option<String>, Header, description = "the range is served only while the file still has this ETag or Last-Modified")),
     responses(
         (status = 200, description = "the whole file, application/octet-stream"),
         (status = 206, description = "the requested range, with Content-Range"),
