@@ -113,7 +113,8 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
 fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let (field, message, value_error) = field_and_message(e.path(), &e.inner().to_string());
+        let (field, message, value_error) =
+            field_and_message(e.path(), &e.inner().to_string(), "query");
         // A parse error of a number or flag does not quote the value; the parameter does.
         let given = form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| *k == field)
@@ -137,7 +138,7 @@ fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiErr
         ));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let (field, message, _) = field_and_message(e.path(), &e.inner().to_string());
+        let (field, message, _) = field_and_message(e.path(), &e.inner().to_string(), "body");
         ApiError::invalid(field, message)
     })
 }
@@ -156,18 +157,22 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// The field an error is about and a message in wire terms. serde reports a missing or
 /// unknown field at the enclosing object, so those take the field's own name. The flag
 /// tells whether the error is about the field's value (rather than its presence).
-fn field_and_message(path: &serde_path_to_error::Path, raw: &str) -> (String, String, bool) {
+/// `root` names the input as a whole (`body`, `query`) for errors at its top.
+fn field_and_message(
+    path: &serde_path_to_error::Path,
+    raw: &str,
+    root: &str,
+) -> (String, String, bool) {
     let at = match path.to_string() {
         p if p == "." || p == "?" => String::new(),
         p => p,
     };
+    // serde_path_to_error may or may not have entered the field already.
     let join = |name: &str| {
-        if at.is_empty() || at == name || at.ends_with(&format!(".{name}")) {
-            if at.is_empty() {
-                name.to_owned()
-            } else {
-                at.clone()
-            }
+        if at.is_empty() {
+            name.to_owned()
+        } else if at == name || at.ends_with(&format!(".{name}")) {
+            at.clone()
         } else {
             format!("{at}.{name}")
         }
@@ -180,13 +185,12 @@ fn field_and_message(path: &serde_path_to_error::Path, raw: &str) -> (String, St
             .split_once(", expected ")
             .map(|(_, rest)| format!("; the fields are {}", rest.trim_start_matches("one of ")))
             .unwrap_or_default();
-        let known = known.replace("there are no fields", "none");
         return (join(name), format!("is not a known field{known}"), false);
     }
     if let Some(name) = backticked_after(raw, "duplicate field ") {
         return (join(name), "is given more than once".into(), false);
     }
-    let field = if at.is_empty() { "body".into() } else { at };
+    let field = if at.is_empty() { root.to_owned() } else { at };
     (field, plain_message(raw), true)
 }
 
