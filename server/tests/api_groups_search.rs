@@ -1209,8 +1209,8 @@ async fn search_filters_alone_and_combined_and_pages(db: Db) {
         ("limit=0", "limit"),
         ("cursor=abc", "cursor"),
         ("include_subgroups=true", "include_subgroups"),
-        ("colour=red", "query"),
-        ("online=maybe", "query"),
+        ("colour=red", "colour"),
+        ("online=maybe", "online"),
     ] {
         let r = call(
             &app,

@@ -217,7 +217,7 @@ async fn products_validate_and_conflict_on_keys(db: Db) {
     )
     .await;
     r.expect(400);
-    assert_eq!(r.json()["field"], "body");
+    assert_eq!(r.json()["field"], "protocol");
     assert!(r.json()["message"].as_str().unwrap().contains("zigbee"));
     let r = call(
         &app,

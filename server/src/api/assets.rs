@@ -4,6 +4,7 @@
 use super::auth::Auth;
 use super::devices::DeviceDto;
 use super::dto::{PageDto, PageQuery};
+use super::extract::{Json, Query};
 use super::groups::{Changed, DeviceIds};
 use super::search::device_page;
 use super::{ApiResult, AppState};
@@ -137,7 +138,7 @@ async fn merge_labels(
     Ok(HttpResponse::Ok().json(LabelsDto(set)))
 }
 
-type JsonObject = web::Json<serde_json::Map<String, serde_json::Value>>;
+type JsonObject = Json<serde_json::Map<String, serde_json::Value>>;
 
 /// Reads a device's attributes.
 #[utoipa::path(tag = "devices", params(("id" = i64, Path)),
@@ -287,7 +288,7 @@ fn node_dto(n: AssetNode) -> AssetNodeDto {
 async fn create_tree(
     state: web::Data<AppState>,
     auth: Auth,
-    body: web::Json<CreateTree>,
+    body: Json<CreateTree>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let name = DisplayName::parse_trimmed("name", &body.name)?;
@@ -304,7 +305,7 @@ async fn create_tree(
 async fn list_trees(
     state: web::Data<AppState>,
     auth: Auth,
-    q: web::Query<PageQuery>,
+    q: Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = state
         .store
@@ -355,7 +356,7 @@ async fn create_node(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<CreateNode>,
+    body: Json<CreateNode>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let name = DisplayName::parse_trimmed("name", &body.name)?;
@@ -380,7 +381,7 @@ async fn list_nodes(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    q: web::Query<PageQuery>,
+    q: Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = state
         .store
@@ -430,7 +431,7 @@ async fn bind_devices(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<DeviceIds>,
+    body: Json<DeviceIds>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let changed = state
@@ -448,7 +449,7 @@ async fn unbind_devices(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<DeviceIds>,
+    body: Json<DeviceIds>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let changed = state
@@ -466,7 +467,7 @@ async fn node_devices(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    q: web::Query<NodeDevicesQuery>,
+    q: Query<NodeDevicesQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = PageQuery {
         cursor: q.cursor.clone(),

@@ -3,6 +3,7 @@
 
 use super::auth::Auth;
 use super::dto::{ts, PageDto, PageQuery};
+use super::extract::{Json, OptionalJson, Query};
 use super::spool::DeviceSpool;
 use super::stream::{
     csv_field, paged_csv, BodyChunks, CsvRecords, JsonArrayElements, QuoteProblem,
@@ -155,7 +156,7 @@ async fn create_device(
     state: web::Data<AppState>,
     auth: Auth,
     product: web::Path<i64>,
-    body: web::Json<CreateDevice>,
+    body: Json<CreateDevice>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let new = parse_new_device(&body.name, body.secret.as_deref())?;
@@ -452,18 +453,22 @@ async fn delete_device(
 
 /// Replaces a device's secret (generated unless given); the old one stops working at once:
 /// a session opened with it on the embedded broker is ended.
-#[utoipa::path(tag = "devices", params(("id" = i64, Path)), request_body = ResetSecret,
-    responses((status = 200, body = CreatedDeviceDto), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(tag = "devices", params(("id" = i64, Path)),
+    request_body(content = Option<ResetSecret>, description = "optional: no body at all generates a secret"),
+    responses((status = 200, body = CreatedDeviceDto), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 #[post("/v1/devices/{id}/secret")]
 async fn reset_secret(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: Option<web::Json<ResetSecret>>,
+    body: OptionalJson<ResetSecret>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
+    // No body at all means "generate one"; a body that is not a valid `ResetSecret` is a
+    // 400, never taken for an empty one (that would rotate the secret by mistake).
     let secret = body
-        .and_then(|b| b.into_inner().secret)
+        .0
+        .and_then(|b| b.secret)
         .map(|s| DeviceSecret::parse("secret", s))
         .transpose()?;
     let d = state
@@ -493,7 +498,7 @@ async fn report_version(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<ReportVersion>,
+    body: Json<ReportVersion>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let module = match &body.module {
@@ -518,7 +523,7 @@ async fn version_history(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    q: web::Query<HistoryQuery>,
+    q: Query<HistoryQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = PageQuery {
         cursor: q.cursor.clone(),

@@ -18,6 +18,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// The path exists, but not for this method; `allowed` lists the methods it has.
+    #[error("{method} is not allowed here; use {}", allowed.join(", "))]
+    MethodNotAllowed {
+        method: String,
+        allowed: Vec<String>,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("some rows are invalid")]
@@ -77,6 +83,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidRows(_) => "invalid_rows",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -135,6 +142,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::DownloadDenied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -149,8 +157,15 @@ impl ResponseError for ApiError {
             tracing::error!(error = %detail, "internal error");
         }
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthenticated) {
-            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthenticated => {
+                resp.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            // RFC 9110 §15.5.6: a 405 carries the methods the resource has.
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                resp.insert_header(("Allow", allowed.join(", ")));
+            }
+            _ => {}
         }
         resp.json(self.body())
     }

@@ -3,6 +3,7 @@
 use super::auth::Auth;
 use super::devices::DeviceDto;
 use super::dto::{PageDto, PageQuery};
+use super::extract::{Json, Query};
 use super::search::device_page;
 use super::{ApiResult, AppState};
 use crate::clock::rfc3339;
@@ -115,7 +116,7 @@ fn dto(g: Group) -> GroupDto {
 async fn create_group(
     state: web::Data<AppState>,
     auth: Auth,
-    body: web::Json<CreateGroup>,
+    body: Json<CreateGroup>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let body = body.into_inner();
@@ -141,7 +142,7 @@ async fn create_group(
 async fn list_groups(
     state: web::Data<AppState>,
     auth: Auth,
-    q: web::Query<ListGroupsQuery>,
+    q: Query<ListGroupsQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = PageQuery {
         cursor: q.cursor.clone(),
@@ -177,7 +178,7 @@ async fn update_group(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<UpdateGroup>,
+    body: Json<UpdateGroup>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let body = body.into_inner();
@@ -221,7 +222,7 @@ async fn add_members(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<DeviceIds>,
+    body: Json<DeviceIds>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let changed = state
@@ -239,7 +240,7 @@ async fn remove_members(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<DeviceIds>,
+    body: Json<DeviceIds>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let changed = state
@@ -258,7 +259,7 @@ async fn group_devices(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    q: web::Query<GroupDevicesQuery>,
+    q: Query<GroupDevicesQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = PageQuery {
         cursor: q.cursor.clone(),

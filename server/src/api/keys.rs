@@ -2,6 +2,7 @@
 
 use super::auth::Auth;
 use super::dto::{ts, PageDto, PageQuery};
+use super::extract::{Json, Query};
 use super::{ApiResult, AppState};
 use crate::clock::rfc3339;
 use crate::domain::{role::Action, ApiKey, ApiKeyId, DisplayName, Role};
@@ -61,7 +62,7 @@ fn dto(k: ApiKey) -> KeyDto {
 async fn create_key(
     state: web::Data<AppState>,
     auth: Auth,
-    body: web::Json<CreateKey>,
+    body: Json<CreateKey>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageKeys)?;
     let name = DisplayName::parse_trimmed("name", &body.name)?;
@@ -81,7 +82,7 @@ async fn create_key(
 async fn list_keys(
     state: web::Data<AppState>,
     auth: Auth,
-    q: web::Query<PageQuery>,
+    q: Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageKeys)?;
     let page = state.store.list_api_keys(tenant, q.request()?).await?;

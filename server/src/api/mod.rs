@@ -7,6 +7,7 @@ mod devices;
 mod downloads;
 pub mod dto;
 pub mod error;
+mod extract;
 mod groups;
 mod health;
 mod keys;
@@ -66,18 +67,19 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     move |cfg: &mut web::ServiceConfig| {
         let max_json = state.config.http.max_json_bytes;
         cfg.app_data(state)
+            // Handlers read input through `extract`; these cover any actix extractor left.
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_json)
-                    .error_handler(|err, _| json_error(err).into()),
+                    .error_handler(|err, _| extract::json_error(err).into()),
             )
             .app_data(
                 web::QueryConfig::default()
-                    .error_handler(|err, _| ApiError::invalid("query", err.to_string()).into()),
+                    .error_handler(|err, _| extract::query_error(err).into()),
             )
             .app_data(
                 web::PathConfig::default()
-                    .error_handler(|err, _| ApiError::invalid("path", err.to_string()).into()),
+                    .error_handler(|err, req| extract::path_error(err, req).into()),
             )
             .configure(health::configure)
             .configure(openapi::configure)
@@ -89,27 +91,33 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(groups::configure)
             .configure(assets::configure)
             .configure(packages::configure)
-            .default_service(web::to(|| async {
-                Err::<actix_web::HttpResponse, _>(ApiError::NotFound("route".into()))
-            }));
+            .default_service(web::to(not_routed));
     }
 }
 
-fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
-    use actix_web::error::JsonPayloadError as E;
-    match err {
-        E::OverflowKnownLength { length, limit } => ApiError::PayloadTooLarge(format!(
-            "the JSON body has {length} bytes; at most {limit} are accepted"
-        )),
-        E::Overflow { limit } => {
-            ApiError::PayloadTooLarge(format!("the JSON body exceeds {limit} bytes"))
+/// A request no route took: 405 with `Allow` when its path is a route's for other methods,
+/// 404 otherwise. The routes are read from the OpenAPI document, which utoipa builds from
+/// the same route macros, so the two cannot disagree.
+async fn not_routed(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    let path = req.path();
+    let mut allowed: Vec<String> = Vec::new();
+    for (def, methods) in openapi::route_table() {
+        if def.is_match(path) {
+            for m in methods {
+                if !allowed.contains(m) {
+                    allowed.push(m.clone());
+                }
+            }
         }
-        E::ContentType => {
-            ApiError::UnsupportedMediaType("send the body as application/json".into())
-        }
-        E::Deserialize(e) => ApiError::invalid("body", e.to_string()),
-        other => ApiError::invalid("body", other.to_string()),
     }
+    let method = req.method().as_str().to_owned();
+    // A documented method that still reached here failed a route's own pattern (such as
+    // `{id:\d+}`): the resource does not exist.
+    Err(if allowed.is_empty() || allowed.contains(&method) {
+        ApiError::NotFound("route".into())
+    } else {
+        ApiError::MethodNotAllowed { method, allowed }
+    })
 }
 
 /// Runs the HTTP server until it is stopped (Ctrl-C / SIGTERM).

@@ -4,6 +4,7 @@
 
 use super::auth::Auth;
 use super::dto::{PageDto, PageQuery};
+use super::extract::{Json, Query};
 use super::stream::BodyChunks;
 use super::{ApiError, ApiResult, AppState};
 use crate::clock::{rfc3339, Millis};
@@ -191,7 +192,7 @@ async fn create_package(
     state: web::Data<AppState>,
     auth: Auth,
     product: web::Path<i64>,
-    body: web::Json<CreatePackage>,
+    body: Json<CreatePackage>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManagePackages)?;
     let body = body.into_inner();
@@ -226,7 +227,7 @@ async fn create_package(
 async fn list_packages(
     state: web::Data<AppState>,
     auth: Auth,
-    q: web::Query<PackageListQuery>,
+    q: Query<PackageListQuery>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.tenant();
     let q = q.into_inner();
@@ -281,7 +282,7 @@ async fn update_package(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<UpdatePackage>,
+    body: Json<UpdatePackage>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManagePackages)?;
     let body = body.into_inner();

@@ -2,6 +2,7 @@
 
 use super::auth::Auth;
 use super::dto::{PageDto, PageQuery};
+use super::extract::{Json, Query};
 use super::{ApiResult, AppState};
 use crate::clock::rfc3339;
 use crate::domain::{
@@ -74,7 +75,7 @@ pub(crate) fn dto(p: Product) -> ProductDto {
 async fn create_product(
     state: web::Data<AppState>,
     auth: Auth,
-    body: web::Json<CreateProduct>,
+    body: Json<CreateProduct>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let body = body.into_inner();
@@ -104,7 +105,7 @@ async fn create_product(
 async fn list_products(
     state: web::Data<AppState>,
     auth: Auth,
-    q: web::Query<PageQuery>,
+    q: Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = state
         .store
@@ -137,7 +138,7 @@ async fn update_product(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    body: web::Json<UpdateProduct>,
+    body: Json<UpdateProduct>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRegistry)?;
     let body = body.into_inner();

@@ -4,6 +4,7 @@
 use super::auth::Auth;
 use super::devices::{device_dto, DeviceDto};
 use super::dto::{PageDto, PageQuery};
+use super::extract::Query;
 use super::stream::{csv_field, paged_csv};
 use super::{ApiError, ApiResult, AppState};
 use crate::domain::{
@@ -138,7 +139,7 @@ pub(crate) async fn device_page(
 async fn search_devices(
     state: web::Data<AppState>,
     auth: Auth,
-    q: web::Query<SearchQuery>,
+    q: Query<SearchQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = PageQuery {
         cursor: q.cursor.clone(),
@@ -159,7 +160,7 @@ async fn search_devices(
 async fn export_devices(
     state: web::Data<AppState>,
     auth: Auth,
-    q: web::Query<SearchQuery>,
+    q: Query<SearchQuery>,
 ) -> ApiResult<HttpResponse> {
     if q.cursor.is_some() || q.limit.is_some() {
         return Err(ApiError::invalid(
@@ -228,7 +229,7 @@ async fn version_stats(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<i64>,
-    q: web::Query<VersionStatsQuery>,
+    q: Query<VersionStatsQuery>,
 ) -> ApiResult<HttpResponse> {
     let module = match &q.module {
         Some(m) => ModuleName::parse("module", m.as_str())?,

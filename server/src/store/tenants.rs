@@ -6,7 +6,7 @@ use crate::clock::Millis;
 use crate::domain::*;
 use rand::RngCore;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
 };
 use sha2::{Digest, Sha256};
@@ -142,39 +142,63 @@ impl Store {
         Ok(Page::from_rows(rows, page, |r| r.id).map(to_key))
     }
 
-    /// Revokes a key; revoking twice is harmless. A tenant cannot revoke its last admin key.
+    /// Revokes a key; revoking twice is harmless. A tenant cannot revoke its last admin key,
+    /// even when two revokes race: the check and the revoke are one guarded UPDATE, and on
+    /// PostgreSQL the tenant row is locked first so that concurrent revokes of the tenant's
+    /// keys take turns (under READ COMMITTED each would otherwise count the admins from a
+    /// snapshot taken before the other's revoke). SQLite runs one write at a time anyway.
     pub async fn revoke_api_key(
         &self,
         tenant: TenantId,
         id: ApiKeyId,
         now: Millis,
     ) -> StoreResult<ApiKey> {
+        use sea_orm::sea_query::{Expr, Query, SimpleExpr};
         let txn = self.begin_write().await?;
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            tenant::Entity::find_by_id(tenant.0)
+                .lock_exclusive()
+                .one(&txn)
+                .await?;
+        }
+        let other_admins_remain = Expr::expr(SimpleExpr::SubQuery(
+            None,
+            Box::new(
+                Query::select()
+                    .expr(Expr::col(api_key::Column::Id).count())
+                    .from(api_key::Entity)
+                    .and_where(api_key::Column::TenantId.eq(tenant.0))
+                    .and_where(api_key::Column::Role.eq(Role::Admin.as_str()))
+                    .and_where(api_key::Column::RevokedAt.is_null())
+                    .to_owned()
+                    .into_sub_query_statement(),
+            ),
+        ))
+        .gt(1);
+        let revoked = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(now))
+            .filter(api_key::Column::Id.eq(id.0))
+            .filter(api_key::Column::TenantId.eq(tenant.0))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .filter(
+                sea_orm::Condition::any()
+                    .add(api_key::Column::Role.ne(Role::Admin.as_str()))
+                    .add(other_admins_remain),
+            )
+            .exec(&txn)
+            .await?
+            .rows_affected;
         let row = api_key::Entity::find_by_id(id.0)
             .filter(api_key::Column::TenantId.eq(tenant.0))
             .one(&txn)
             .await?
             .ok_or(StoreError::NotFound("api key"))?;
-        if row.revoked_at.is_some() {
-            return Ok(to_key(row));
-        }
-        if row.role == Role::Admin.as_str() {
-            let admins = api_key::Entity::find()
-                .filter(api_key::Column::TenantId.eq(tenant.0))
-                .filter(api_key::Column::Role.eq(Role::Admin.as_str()))
-                .filter(api_key::Column::RevokedAt.is_null())
-                .count(&txn)
-                .await?;
-            if admins <= 1 {
-                return Err(StoreError::Conflict(
-                    "this is the tenant's last admin key; create another admin key first".into(),
-                ));
-            }
-        }
-        let mut active: api_key::ActiveModel = row.into();
-        active.revoked_at = Set(Some(now));
-        let row = active.update(&txn).await?;
         txn.commit().await?;
+        if revoked == 0 && row.revoked_at.is_none() {
+            return Err(StoreError::Conflict(
+                "this is the tenant's last admin key; create another admin key first".into(),
+            ));
+        }
         Ok(to_key(row))
     }
 
