@@ -145,6 +145,7 @@ pub async fn start_gateway(
                 Arc::new(StoreDeviceAuth::new(state.store.clone())),
                 tx,
                 state.clock.clone(),
+                state.metrics.clone(),
             )
             .await?,
         );

@@ -1,8 +1,9 @@
 //! Device authentication and topic rights against the registry: CONNECT credentials are
 //! checked with the product's signing scheme and the device secret in the store.
 
-use super::gateway::{DeviceAuth, DeviceIdentity};
+use super::gateway::{DeviceAuth, DeviceIdentity, Refusal};
 use super::{auth, topics};
+use crate::metrics::LoginRefusal;
 use crate::store::Store;
 use async_trait::async_trait;
 
@@ -23,21 +24,24 @@ impl DeviceAuth for StoreDeviceAuth {
         client_id: &str,
         username: &str,
         password: &[u8],
-    ) -> Option<DeviceIdentity> {
+    ) -> Result<DeviceIdentity, Refusal> {
         let identity = auth::parse_identity(client_id, username)
-            .map_err(|e| tracing::debug!(client_id, error = %e, "unusable MQTT credentials"))
-            .ok()?;
+            .map_err(|e| Refusal::new(LoginRefusal::BadCredentials, e.to_string()))?;
         let (product, device) = self
             .store
             .device_by_identity(identity.product_key.as_str(), identity.device_name.as_str())
             .await
-            .map_err(|e| tracing::error!(error = %e, "device lookup failed during CONNECT"))
-            .ok()??;
-        auth::verify(product.protocol, &identity, password, &device.secret).then(|| {
-            DeviceIdentity {
-                product_key: product.product_key.into_string(),
-                device: device.name.into_string(),
-            }
+            .map_err(|e| Refusal::new(LoginRefusal::StoreError, e.to_string()))?
+            .ok_or_else(|| Refusal::new(LoginRefusal::UnknownDevice, "no such device"))?;
+        if !auth::verify(product.protocol, &identity, password, &device.secret) {
+            return Err(Refusal::new(
+                LoginRefusal::WrongSecret,
+                "the signature does not match the device secret",
+            ));
+        }
+        Ok(DeviceIdentity {
+            product_key: product.product_key.into_string(),
+            device: device.name.into_string(),
         })
     }
 

@@ -4,8 +4,10 @@
 //! [`GatewayEvent`]s (DESIGN §8).
 
 use super::gateway::{DeviceAuth, DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::throttle::LogLimiter;
 use super::DispatchError;
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -57,6 +59,7 @@ impl EmbeddedBroker {
         auth: Arc<dyn DeviceAuth>,
         events: mpsc::Sender<GatewayEvent>,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, DispatchError> {
         let scx = ServerContext::new().build().await;
         // DESIGN §8: rmqtt's router loses about 0.3 % of subscriptions when a device
@@ -73,6 +76,8 @@ impl EmbeddedBroker {
             events,
             clock,
             sessions: sessions.clone(),
+            metrics,
+            refusals_logged: Arc::default(),
         };
         let register = scx.extends.hook_mgr().register();
         for t in [
@@ -190,6 +195,8 @@ struct Hooks {
     events: mpsc::Sender<GatewayEvent>,
     clock: SharedClock,
     sessions: Sessions,
+    metrics: Arc<Metrics>,
+    refusals_logged: Arc<LogLimiter>,
 }
 
 /// The device a session authenticated as, kept in the session's auth info.
@@ -219,16 +226,28 @@ impl Handler for Hooks {
                 let client_id = ci.client_id().to_string();
                 let username = ci.username().map(|u| u.to_string()).unwrap_or_default();
                 let password = ci.password().map(|p| p.to_vec()).unwrap_or_default();
-                let ok = self
+                let r = match self
                     .auth
                     .authenticate(&client_id, &username, &password)
                     .await
-                    .is_some();
-                let r = if ok {
-                    AuthResult::Allow(false, None)
-                } else {
-                    tracing::info!(client_id, username, "MQTT authentication refused");
-                    AuthResult::BadUsernameOrPassword
+                {
+                    Ok(_) => AuthResult::Allow(false, None),
+                    Err(refusal) => {
+                        self.metrics.login_refused(refusal.reason);
+                        // The SDKs never report a refusal and retry forever: a misprovisioned
+                        // fleet must show in the log, but not once per attempt.
+                        let now = self.clock.now_millis();
+                        if self.refusals_logged.first_in_minute(&username, now) {
+                            tracing::warn!(
+                                client_id,
+                                username,
+                                reason = refusal.reason.as_str(),
+                                detail = refusal.detail,
+                                "MQTT login refused (logged once a minute per device)"
+                            );
+                        }
+                        AuthResult::BadUsernameOrPassword
+                    }
                 };
                 (false, Some(HookResult::AuthResult(r)))
             }

@@ -4,6 +4,7 @@
 
 use super::DispatchError;
 use crate::clock::Millis;
+use crate::metrics::LoginRefusal;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -49,16 +50,32 @@ pub trait DeviceGateway: Send + Sync {
     async fn disconnect(&self, device: &DeviceIdentity) -> Result<bool, DispatchError>;
 }
 
+/// Why a CONNECT was refused: the reason counted, and a detail for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: LoginRefusal,
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn new(reason: LoginRefusal, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// Who may connect and what they may touch; the protocol rules live behind it.
 #[async_trait]
 pub trait DeviceAuth: Send + Sync {
-    /// The device these CONNECT credentials prove, if they do.
+    /// The device these CONNECT credentials prove, or why they prove none.
     async fn authenticate(
         &self,
         client_id: &str,
         username: &str,
         password: &[u8],
-    ) -> Option<DeviceIdentity>;
+    ) -> Result<DeviceIdentity, Refusal>;
     /// Topics the device receives on without subscribing (its downlinks).
     async fn downlink_topics(&self, device: &DeviceIdentity) -> Vec<String>;
     fn may_publish(&self, device: &DeviceIdentity, topic: &str) -> bool;

@@ -13,6 +13,7 @@ pub mod events;
 pub mod external;
 pub mod gateway;
 pub mod router;
+pub mod throttle;
 pub mod topics;
 mod wire;
 

@@ -7,11 +7,12 @@
 
 use super::events::{DeviceMessage, FirmwarePush, RequestId, Uplink};
 use super::gateway::{DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::throttle::LogLimiter;
 use super::topics::{parse_uplink_topic, EnosTopic, TopicKind};
 use super::{alink, enos, CodecError, Downlink};
 use crate::clock::{Millis, SharedClock};
 use crate::domain::{DeviceId, ModuleName, Protocol, TenantId};
-use crate::metrics::Metrics;
+use crate::metrics::{MessageKind, Metrics, Rejection};
 use crate::store::Store;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -125,7 +126,7 @@ pub struct Router {
     /// Device messages go up here (the rollout engine); `None` until one listens.
     pub up: Option<mpsc::Sender<DeviceEvent>>,
     push_ids: AtomicU64,
-    last_logged: std::sync::Mutex<HashMap<String, Millis>>,
+    last_logged: LogLimiter,
     /// Resolved identities of connected devices: an uplink needs no database lookup. Filled
     /// on connect, dropped on disconnect, and dropped when the store no longer knows the
     /// device (deleted while connected), so it holds at most the online sessions.
@@ -133,16 +134,6 @@ pub struct Router {
 }
 
 type Resolved = (Protocol, TenantId, DeviceId);
-
-const REJECTED: &str = "ota_device_messages_rejected_total";
-const REJECTED_HELP: &str =
-    "Device messages dropped: unparsable, unknown device or not allowed (SPEC V4).";
-const RECEIVED: &str = "ota_device_messages_total";
-const RECEIVED_HELP: &str = "Device messages accepted, by kind.";
-const ONLINE: &str = "ota_devices_online";
-const ONLINE_HELP: &str = "Devices connected to this process's gateway.";
-const PUSHES: &str = "ota_pushes_total";
-const PUSHES_HELP: &str = "Firmware pushes published to devices.";
 
 impl Router {
     pub fn new(
@@ -184,26 +175,20 @@ impl Router {
                 at,
             } => self.uplink(device, &topic, &payload, at).await,
             GatewayEvent::Refused { device, reason } => {
-                self.reject(device.as_ref(), "not_allowed", &reason);
+                self.reject(device.as_ref(), Rejection::NotAllowed, &reason);
             }
         }
     }
 
     /// Counts a dropped message and logs it at most once per device per minute.
-    fn reject(&self, device: Option<&DeviceIdentity>, reason: &'static str, detail: &str) {
-        self.metrics
-            .inc(REJECTED, REJECTED_HELP, &[("reason", reason)], 1);
+    fn reject(&self, device: Option<&DeviceIdentity>, reason: Rejection, detail: &str) {
+        self.metrics.rejected(reason);
         let key = device
             .map(|d| format!("{}/{}", d.product_key, d.device))
             .unwrap_or_default();
         let now = self.clock.now_millis();
-        let log = self
-            .last_logged
-            .lock()
-            .map(|mut m| first_in_minute(&mut m, &key, now))
-            .unwrap_or(true);
-        if log {
-            tracing::warn!(device = %key, reason, detail, "device message rejected");
+        if self.last_logged.first_in_minute(&key, now) {
+            tracing::warn!(device = %key, reason = reason.as_str(), detail, "device message rejected");
         }
     }
 
@@ -254,8 +239,11 @@ impl Router {
 
     async fn connection(&self, device: DeviceIdentity, online: bool, at: Millis) {
         // The gauge counts sessions, whatever the registry says of the device now.
-        self.metrics
-            .add_gauge(ONLINE, ONLINE_HELP, &[], if online { 1 } else { -1 });
+        if online {
+            self.metrics.devices_online.inc();
+        } else {
+            self.metrics.devices_online.dec();
+        }
         // A new session starts from the store's view of the device; an ended one leaves none.
         self.forget(&device);
         let resolved = if online {
@@ -315,7 +303,9 @@ impl Router {
     async fn publish(&self, d: Downlink) {
         let is_push = d.topic.ends_with("/upgrade") || d.topic.starts_with("/ota/device/upgrade/");
         match self.gateway.publish(&d.topic, d.payload.into()).await {
-            Ok(()) if is_push => self.metrics.inc(PUSHES, PUSHES_HELP, &[], 1),
+            Ok(()) if is_push => {
+                self.metrics.pushes.inc();
+            }
             Ok(()) => {}
             Err(e) => tracing::warn!(topic = %d.topic, error = %e, "publishing to a device failed"),
         }
@@ -324,18 +314,22 @@ impl Router {
     async fn uplink(&self, device: DeviceIdentity, topic: &str, payload: &[u8], at: Millis) {
         let parsed = match parse_uplink_topic(topic) {
             Ok(t) => t,
-            Err(e) => return self.reject(Some(&device), "unknown_topic", &e.to_string()),
+            Err(e) => return self.reject(Some(&device), Rejection::UnknownTopic, &e.to_string()),
         };
         if parsed.product_key != device.product_key || parsed.device != device.device {
-            return self.reject(Some(&device), "not_allowed", "topic names another device");
+            return self.reject(
+                Some(&device),
+                Rejection::NotAllowed,
+                "topic names another device",
+            );
         }
         let Some((protocol, tenant, id)) = self.resolve(&device).await else {
-            return self.reject(Some(&device), "unknown_device", "no such device");
+            return self.reject(Some(&device), Rejection::UnknownDevice, "no such device");
         };
         if parsed.protocol() != protocol {
             return self.reject(
                 Some(&device),
-                "wrong_protocol",
+                Rejection::WrongProtocol,
                 &format!("the product speaks {}", protocol.as_str()),
             );
         }
@@ -348,7 +342,7 @@ impl Router {
             Err(e) => {
                 // No reply: a message that does not parse has no id to echo, so an answer could
                 // not reach the waiting SDK call; it times out on the device, as on the clouds.
-                return self.reject(Some(&device), "unparsable", &e.to_string());
+                return self.reject(Some(&device), Rejection::Unparsable, &e.to_string());
             }
         };
         let message = DeviceMessage {
@@ -363,8 +357,7 @@ impl Router {
         {
             return;
         }
-        self.metrics
-            .inc(RECEIVED, RECEIVED_HELP, &[("kind", uplink_kind(&msg))], 1);
+        self.metrics.message(uplink_kind(&msg));
         self.send_up(DeviceEvent {
             tenant,
             device: id,
@@ -398,7 +391,7 @@ impl Router {
                     Err(crate::store::StoreError::NotFound(_)) => {
                         // deleted while connected
                         self.forget(device);
-                        self.reject(Some(device), "unknown_device", "no such device");
+                        self.reject(Some(device), Rejection::UnknownDevice, "no such device");
                         return false;
                     }
                     Err(e) => tracing::warn!(error = %e, "recording a version report failed"),
@@ -454,28 +447,13 @@ impl Router {
     }
 }
 
-/// Whether a rejection for `key` at `now` is the first in a minute (and so is logged); keeps
-/// the map bounded by pruning old entries when it grows large.
-fn first_in_minute(seen: &mut HashMap<String, Millis>, key: &str, now: Millis) -> bool {
-    if seen.len() > 100_000 {
-        seen.retain(|_, t| now - *t < 60_000);
-    }
-    match seen.get(key) {
-        Some(t) if now - *t < 60_000 => false,
-        _ => {
-            seen.insert(key.to_owned(), now);
-            true
-        }
-    }
-}
-
-fn uplink_kind(u: &Uplink) -> &'static str {
+fn uplink_kind(u: &Uplink) -> MessageKind {
     match u {
-        Uplink::Inform { .. } => "inform",
-        Uplink::Progress { .. } => "progress",
-        Uplink::Pull { .. } => "pull",
-        Uplink::GetVersion => "getversion",
-        Uplink::UpgradeReply { .. } => "upgrade_reply",
+        Uplink::Inform { .. } => MessageKind::Inform,
+        Uplink::Progress { .. } => MessageKind::Progress,
+        Uplink::Pull { .. } => MessageKind::Pull,
+        Uplink::GetVersion => MessageKind::GetVersion,
+        Uplink::UpgradeReply { .. } => MessageKind::UpgradeReply,
     }
 }
 
@@ -485,26 +463,4 @@ fn clock_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() % 1_000_000 * 1000)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // SPEC V4: a rejected device is logged at most once per minute, each device on its own.
-    #[test]
-    fn rejections_are_logged_once_per_device_per_minute() {
-        let mut seen = HashMap::new();
-        assert!(first_in_minute(&mut seen, "pk/a", 0));
-        assert!(!first_in_minute(&mut seen, "pk/a", 59_999));
-        assert!(
-            first_in_minute(&mut seen, "pk/b", 1_000),
-            "another device is logged"
-        );
-        assert!(
-            first_in_minute(&mut seen, "pk/a", 60_000),
-            "a minute later again"
-        );
-        assert!(!first_in_minute(&mut seen, "pk/a", 60_001));
-    }
 }

@@ -11,6 +11,7 @@ use ota_server::dispatch::gateway::DeviceIdentity;
 use ota_server::dispatch::router::NoOffers;
 use ota_server::dispatch::FirmwarePush;
 use ota_server::domain::*;
+use ota_server::metrics::MessageKind;
 use ota_server::store::{NewProduct, Store};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,7 +181,7 @@ async fn main() -> Result<()> {
     );
 
     let metrics = state.metrics.clone();
-    let routed = || metrics.counter("ota_device_messages_total", &[("kind", "progress")]);
+    let routed = || metrics.message_count(MessageKind::Progress);
     let utotal = (devices * uplinks_per_device) as u64;
     let start = Instant::now();
     let mut senders = vec![];
