@@ -382,6 +382,7 @@ async fn alink_device_takes_a_waiting_push_downloads_and_reports(db: Db) {
         e.device == id && matches!(e.kind, DeviceEventKind::Disconnected)
     })
     .await;
+    assert!(f.gw.router.presence.flushed(WAIT).await);
     assert!(!f.t.store.get_device(TenantId(1), id).await.unwrap().online);
 }
 
@@ -970,6 +971,7 @@ async fn a_new_session_of_a_device_kicks_the_older_one() {
             .any(|k| matches!(k, DeviceEventKind::Disconnected)),
         "{before:?}"
     );
+    assert!(f.gw.router.presence.flushed(WAIT).await);
     assert!(f.t.store.get_device(TenantId(1), id).await.unwrap().online);
     f.gw.router
         .push(ota_server::domain::Protocol::Alink, &identity, &push)
@@ -978,7 +980,59 @@ async fn a_new_session_of_a_device_kicks_the_older_one() {
     assert_eq!(r["older_disconnected"], true, "{r}");
     assert_eq!(r["newer_pushes"], 1, "{r}");
     assert_eq!(r["older_pushes"], 0, "{r}");
+    // The takeover added no online device: the gauge counts devices, not sessions begun.
+    assert_eq!(f.t.state.metrics.devices_online.get(), 1);
     dev.finish().await;
+    let m = &f.t.state.metrics;
+    wait_until("the gauge back to zero", || m.devices_online.get() == 0).await;
+}
+
+// DESIGN §8: Alibaba's C SDK reconnects with one fixed client id, so an older session's end
+// can be handled after the newer session began. Back-to-back reconnects with a fixed id leave
+// the device online (stored state and gauge), and a secret reset afterwards still finds and
+// ends the live session, the one opened last.
+#[actix_web::test]
+async fn fixed_client_id_reconnects_stay_online_and_a_reset_ends_the_live_session() {
+    let mut f = Fleet::new(Db::Sqlite, "alink").await;
+    let (id, secret) = f.device("fixed").await;
+    let cycles = 20;
+    let mut dev = Device::spawn(
+        "raw_device.py",
+        &f.args(
+            "fixed",
+            &secret,
+            "--dn",
+            &["--mode", "fixed", "--cycles", &cycles.to_string()],
+        ),
+    );
+    assert_eq!(dev.expect("connected").await["sessions"], cycles);
+    for n in 0..cycles {
+        f.event(&format!("connection {n}"), |e| {
+            e.device == id && matches!(e.kind, DeviceEventKind::Connected)
+        })
+        .await;
+    }
+    assert!(f.gw.router.presence.flushed(WAIT).await);
+    assert!(f.t.store.get_device(TenantId(1), id).await.unwrap().online);
+    assert_eq!(f.t.state.metrics.devices_online.get(), 1);
+    let r = f
+        .http
+        .post(format!("{}/v1/devices/{}/secret", f.base, id.0))
+        .bearer_auth(&f.t.admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let held = dev.expect("fixed").await;
+    assert_eq!(held["disconnected"], true, "{held}");
+    dev.finish().await;
+    f.event("disconnection", |e| {
+        e.device == id && matches!(e.kind, DeviceEventKind::Disconnected)
+    })
+    .await;
+    assert!(f.gw.router.presence.flushed(WAIT).await);
+    assert!(!f.t.store.get_device(TenantId(1), id).await.unwrap().online);
+    assert_eq!(f.t.state.metrics.devices_online.get(), 0);
 }
 
 // SPEC D1, V1: a device whose secret is reset, or which is deleted, loses its live session at

@@ -5,8 +5,10 @@
 //! logged at most once per device per minute (SPEC V4); nothing a device sends can stop the
 //! router or touch another device.
 
+use super::directory::DeviceDirectory;
 use super::events::{DeviceMessage, FirmwarePush, RequestId, Uplink};
 use super::gateway::{DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::presence::Presence;
 use super::throttle::LogLimiter;
 use super::topics::{parse_uplink_topic, EnosTopic, TopicKind};
 use super::{alink, enos, CodecError, Downlink};
@@ -127,10 +129,10 @@ pub struct Router {
     pub up: Option<mpsc::Sender<DeviceEvent>>,
     push_ids: AtomicU64,
     last_logged: LogLimiter,
-    /// Resolved identities of connected devices: an uplink needs no database lookup. Filled
-    /// on connect, dropped on disconnect, and dropped when the store no longer knows the
-    /// device (deleted while connected), so it holds at most the online sessions.
-    resolved: std::sync::Mutex<HashMap<DeviceIdentity, Resolved>>,
+    /// Devices by identity, cached from their CONNECT: an uplink needs no database lookup.
+    pub directory: Arc<DeviceDirectory>,
+    /// Online state, written in batches.
+    pub presence: Presence,
 }
 
 type Resolved = (Protocol, TenantId, DeviceId);
@@ -143,9 +145,9 @@ impl Router {
         metrics: Arc<Metrics>,
         clock: SharedClock,
         up: Option<mpsc::Sender<DeviceEvent>>,
+        directory: Arc<DeviceDirectory>,
     ) -> Self {
         Self {
-            store,
             gateway,
             offers,
             metrics,
@@ -153,7 +155,9 @@ impl Router {
             up,
             push_ids: AtomicU64::new(clock_seed()),
             last_logged: Default::default(),
-            resolved: Default::default(),
+            presence: Presence::start(store.clone()),
+            store,
+            directory,
         }
     }
 
@@ -173,6 +177,7 @@ impl Router {
                 topic,
                 payload,
                 at,
+                share: _held_until_handled,
             } => self.uplink(device, &topic, &payload, at).await,
             GatewayEvent::Refused { device, reason } => {
                 self.reject(device.as_ref(), Rejection::NotAllowed, &reason);
@@ -193,34 +198,8 @@ impl Router {
     }
 
     async fn resolve(&self, device: &DeviceIdentity) -> Option<Resolved> {
-        if let Some(r) = self
-            .resolved
-            .lock()
-            .ok()
-            .and_then(|m| m.get(device).copied())
-        {
-            return Some(r);
-        }
-        let r = self.resolve_in_store(device).await?;
-        if let Ok(mut m) = self.resolved.lock() {
-            m.insert(device.clone(), r);
-        }
-        Some(r)
-    }
-
-    fn forget(&self, device: &DeviceIdentity) {
-        if let Ok(mut m) = self.resolved.lock() {
-            m.remove(device);
-        }
-    }
-
-    async fn resolve_in_store(&self, device: &DeviceIdentity) -> Option<Resolved> {
-        match self
-            .store
-            .device_by_identity(&device.product_key, &device.device)
-            .await
-        {
-            Ok(Some((p, d))) => Some((p.protocol, d.tenant_id, d.id)),
+        match self.directory.get(device).await {
+            Ok(Some(k)) => Some((k.protocol, k.tenant, k.id)),
             Ok(None) => None,
             Err(e) => {
                 tracing::error!(error = %e, "device lookup failed");
@@ -237,26 +216,24 @@ impl Router {
         }
     }
 
-    async fn connection(&self, device: DeviceIdentity, online: bool, at: Millis) {
-        // The gauge counts sessions, whatever the registry says of the device now.
-        if online {
-            self.metrics.devices_online.inc();
-        } else {
-            self.metrics.devices_online.dec();
+    async fn connection(&self, device: DeviceIdentity, connected: bool, at: Millis) {
+        // What the gateway says now wins over the event: the hooks of two sessions of one
+        // device can send their events out of order, and the last event handled must not
+        // leave a connected device offline (or the reverse).
+        let online = self.gateway.is_connected(&device).unwrap_or(connected);
+        let resolved = self.resolve(&device).await;
+        if !online {
+            // The cache holds about the online devices.
+            self.directory.evict(&device);
         }
-        // A new session starts from the store's view of the device; an ended one leaves none.
-        self.forget(&device);
-        let resolved = if online {
-            self.resolve(&device).await
-        } else {
-            self.resolve_in_store(&device).await
-        };
         let Some((protocol, tenant, id)) = resolved else {
             // deleted between CONNECT and now; nothing to record
             return;
         };
-        if let Err(e) = self.store.set_device_online(tenant, id, online, at).await {
-            tracing::error!(error = %e, "recording a device connection failed");
+        self.presence.mark(id, online, at);
+        if online != connected {
+            // a stale event: the one that made the state it contradicts is passed up
+            return;
         }
         if online {
             self.push_pending(protocol, tenant, id, &device, None).await;
@@ -390,7 +367,7 @@ impl Router {
                     Ok(()) => {}
                     Err(crate::store::StoreError::NotFound(_)) => {
                         // deleted while connected
-                        self.forget(device);
+                        self.directory.forget(device);
                         self.reject(Some(device), Rejection::UnknownDevice, "no such device");
                         return false;
                     }

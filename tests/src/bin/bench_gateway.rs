@@ -46,6 +46,9 @@ async fn main() -> Result<()> {
     config.mqtt.port = 0;
     // the benchmark fires pushes open loop; the scheduler paces them in production
     config.mqtt.max_mqueue_len = pushes_per_device * 2;
+    // and measures the router's throughput, not the per-device uplink allowance
+    config.mqtt.uplinks_per_sec = 1e9;
+    config.mqtt.uplink_burst = u32::MAX;
     let store = Store::connect(
         &format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display()),
         8,
