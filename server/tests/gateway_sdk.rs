@@ -1068,3 +1068,251 @@ async fn resetting_a_secret_or_deleting_a_device_ends_its_session() {
         dev.finish().await;
     }
 }
+
+/// A bare MQTT client (rumqttc) signed as a Link Kit device; incoming publishes go to the
+/// returned channel, and the event loop's end (the broker closed the connection) closes it.
+async fn raw_client(
+    f: &Fleet,
+    name: &str,
+    secret: &str,
+) -> (
+    rumqttc::AsyncClient,
+    mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    raw_client_at(&f.pk, f.mqtt_port, name, secret).await
+}
+
+async fn raw_client_at(
+    pk: &str,
+    port: u16,
+    name: &str,
+    secret: &str,
+) -> (
+    rumqttc::AsyncClient,
+    mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    use hmac::{Hmac, Mac};
+    use rumqttc::{Event, MqttOptions, Packet};
+    let ts = rand::random::<u32>().to_string();
+    let content = format!("clientId{pk}&{name}deviceName{name}productKey{pk}timestamp{ts}");
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(content.as_bytes());
+    let mut o = MqttOptions::new(
+        format!("{pk}&{name}|securemode=3,signmethod=hmacsha1,timestamp={ts}|"),
+        "127.0.0.1",
+        port,
+    );
+    o.set_credentials(
+        format!("{name}&{pk}"),
+        hex::encode(mac.finalize().into_bytes()),
+    );
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready, connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready);
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, connected)
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    (client, rx)
+}
+
+// SPEC V4 (DESIGN §8): through the embedded broker a device can neither listen on nor speak
+// for another device: its subscription to another device's downlink topic is refused and
+// never delivers that device's push, and its version report on another device's topic
+// changes nothing and is counted.
+#[actix_web::test]
+async fn a_device_cannot_use_another_devices_topics() {
+    use rumqttc::QoS;
+    let f = Fleet::new(Db::Sqlite, "alink").await;
+    let (_, spy_secret) = f.device("spy").await;
+    let (victim, victim_secret) = f.device("victim").await;
+    let (spy, mut spy_rx) = raw_client(&f, "spy", &spy_secret).await;
+    let (_victim_client, mut victim_rx) = raw_client(&f, "victim", &victim_secret).await;
+    let victim_topic = format!("/ota/device/upgrade/{}/victim", f.pk);
+    spy.subscribe(&victim_topic, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // the victim reports 1.0.0 itself; the spy claims 6.6.6 for it
+    _victim_client
+        .publish(
+            format!("/ota/device/inform/{}/victim", f.pk),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"id":1,"params":{"version":"1.0.0"}}"#,
+        )
+        .await
+        .unwrap();
+    spy.publish(
+        format!("/ota/device/inform/{}/victim", f.pk),
+        QoS::AtLeastOnce,
+        false,
+        r#"{"id":2,"params":{"version":"6.6.6"}}"#,
+    )
+    .await
+    .unwrap();
+    let m = &f.t.state.metrics;
+    wait_until("the spy's report refused", || {
+        m.rejected_count(Rejection::NotAllowed) >= 1
+    })
+    .await;
+    // a push to the victim reaches the victim, and not the spy
+    let push = f.package("2.0.0", "md5").await;
+    let identity = ota_server::dispatch::gateway::DeviceIdentity {
+        product_key: f.pk.clone(),
+        device: "victim".into(),
+    };
+    f.gw.router
+        .push(ota_server::domain::Protocol::Alink, &identity, &push)
+        .await;
+    let got = tokio::time::timeout(WAIT, victim_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.topic, victim_topic);
+    // A copy to the spy would have been routed with the victim's: by the time the victim holds
+    // its push and a later message of the spy's own has come back, it would be there.
+    spy.subscribe(
+        format!("/ota/device/upgrade/{}/spy", f.pk),
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let own = ota_server::dispatch::gateway::DeviceIdentity {
+        product_key: f.pk.clone(),
+        device: "spy".into(),
+    };
+    f.gw.router
+        .push(ota_server::domain::Protocol::Alink, &own, &push)
+        .await;
+    let first = tokio::time::timeout(WAIT, spy_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.topic,
+        format!("/ota/device/upgrade/{}/spy", f.pk),
+        "the spy got only its own push"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while f.module_version(victim).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "victim's report");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.module_version(victim).await.as_deref(), Some("1.0.0"));
+    assert_eq!(m.rejected_count(Rejection::NotAllowed), 1);
+}
+
+// SPEC V4 (DESIGN §8): what one device can cost is bounded. One device publishing as fast as
+// it can is held to its uplink rate at the broker (the excess dropped and counted) while a
+// hundred others report their versions: all hundred are stored within 30 s. A packet over
+// the size limit ends the sender's session.
+#[actix_web::test]
+async fn a_flooding_device_delays_no_other() {
+    use rumqttc::QoS;
+    let bound = Duration::from_secs(30);
+    let f = Fleet::new(Db::Sqlite, "alink").await;
+    let (_, flood_secret) = f.device("flood").await;
+    let (_, big_secret) = f.device("big").await;
+    let mut fleet = vec![];
+    for i in 0..100 {
+        fleet.push(f.device(&format!("meter{i:03}")).await);
+    }
+    // The flooder runs on a thread and runtime of its own, as a device would: it competes with
+    // the server for the CPU, not with the test's own tasks.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        let (pk, port) = (f.pk.clone(), f.mqtt_port);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (flood, _rx) = raw_client_at(&pk, port, "flood", &flood_secret).await;
+                let topic = format!("/ota/device/progress/{pk}/flood");
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = format!(r#"{{"id":"{n}","params":{{"step":"1","desc":"x"}}}}"#);
+                    if flood
+                        .publish(&topic, QoS::AtMostOnce, false, p)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+    };
+    let m = &f.t.state.metrics;
+    wait_until("the flood limited", || {
+        m.rejected_count(Rejection::RateLimited) > 100
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    let mut devices = vec![];
+    for (i, (id, secret)) in fleet.into_iter().enumerate() {
+        let name = format!("meter{i:03}");
+        let (c, rx) = raw_client(&f, &name, &secret).await;
+        c.publish(
+            format!("/ota/device/inform/{}/{name}", f.pk),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"id":1,"params":{"version":"3.0.0"}}"#,
+        )
+        .await
+        .unwrap();
+        devices.push((id, c, rx));
+    }
+    for (id, _, _) in &devices {
+        while f.module_version(*id).await.as_deref() != Some("3.0.0") {
+            assert!(
+                start.elapsed() < bound,
+                "a report not stored within {bound:?}: {:?} {}",
+                f.module_version(*id).await,
+                m.render()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooding.join().unwrap();
+    let routed = m.message_count(ota_server::metrics::MessageKind::Progress);
+    assert!(
+        routed < sent / 2,
+        "most of the flood dropped: {routed} of {sent} routed"
+    );
+    // a packet over the limit (64 KiB uplinks) ends the session
+    let (big, mut big_rx) = raw_client(&f, "big", &big_secret).await;
+    big.publish(
+        format!("/ota/device/inform/{}/big", f.pk),
+        QoS::AtLeastOnce,
+        false,
+        vec![b' '; 70 * 1024],
+    )
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(WAIT, big_rx.recv()).await.unwrap();
+    assert!(closed.is_none(), "the connection was closed");
+}

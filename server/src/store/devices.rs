@@ -3,8 +3,8 @@
 
 use super::entity::{device, device_module, version_report};
 use super::{
-    is_unique_violation, Page, PageRequest, RowErrors, Store, StoreError, StoreResult,
-    MAX_BIND_PARAMS,
+    is_sqlite_busy, is_unique_violation, Page, PageRequest, RowErrors, Store, StoreError,
+    StoreResult, MAX_BIND_PARAMS,
 };
 use crate::clock::Millis;
 use crate::domain::*;
@@ -165,6 +165,32 @@ impl Store {
 
     /// Records a version report: the module's current version and one history row (SPEC D2).
     pub async fn record_version_report(
+        &self,
+        tenant: TenantId,
+        device: DeviceId,
+        module: &ModuleName,
+        version: &Version,
+        now: Millis,
+    ) -> StoreResult<()> {
+        // On SQLite a transaction that reads and then writes cannot wait for another writer
+        // (its snapshot is stale once the other commits, and SQLite answers "database is
+        // locked" at once, whatever the busy timeout): run it again on a fresh snapshot.
+        let mut attempt = 0;
+        loop {
+            match self
+                .record_version_report_once(tenant, device, module, version, now)
+                .await
+            {
+                Err(StoreError::Database(e)) if attempt < 20 && is_sqlite_busy(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn record_version_report_once(
         &self,
         tenant: TenantId,
         device: DeviceId,

@@ -143,6 +143,15 @@ pub(crate) fn is_unique_violation(e: &DbErr) -> bool {
     )
 }
 
+/// Whether SQLite refused a statement because another connection holds the write lock
+/// (SQLITE_BUSY and its extended codes).
+pub(crate) fn is_sqlite_busy(e: &DbErr) -> bool {
+    let text = e.to_string();
+    text.contains("(code: 5)")
+        || text.contains("(code: 517)")
+        || text.contains("database is locked")
+}
+
 /// Largest number of bind parameters one statement may carry on every backend
 /// (SQLite's limit is 32,766, PostgreSQL's 65,535).
 pub(crate) const MAX_BIND_PARAMS: usize = 30_000;
