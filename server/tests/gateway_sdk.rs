@@ -1134,7 +1134,7 @@ async fn raw_client_at(
     (client, rx)
 }
 
-// SPEC V4 (DESIGN §8): through the embedded broker a device can neither listen on nor speak
+// DESIGN §8 (toward SPEC V4): through the embedded broker a device can neither listen on nor speak
 // for another device: its subscription to another device's downlink topic is refused and
 // never delivers that device's push, and its version report on another device's topic
 // changes nothing and is counted.
@@ -1220,7 +1220,7 @@ async fn a_device_cannot_use_another_devices_topics() {
     assert_eq!(m.rejected_count(Rejection::NotAllowed), 1);
 }
 
-// SPEC V4 (DESIGN §8): what one device can cost is bounded. One device publishing as fast as
+// DESIGN §8: what one device can cost is bounded. One device publishing as fast as
 // it can is held to its uplink rate at the broker (the excess dropped and counted) while a
 // hundred others report their versions: all hundred are stored within 30 s. A packet over
 // the size limit ends the sender's session.
