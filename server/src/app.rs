@@ -4,6 +4,7 @@ use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::dispatch::device_auth::StoreDeviceAuth;
+use crate::dispatch::directory::DeviceDirectory;
 use crate::dispatch::embedded::{EmbeddedBroker, EmbeddedOptions};
 use crate::dispatch::external::{parse_broker_url, ExternalBroker, ExternalOptions};
 use crate::dispatch::gateway::DeviceGateway;
@@ -107,6 +108,7 @@ pub async fn start_gateway(
         ))
     };
     let (tx, rx) = mpsc::channel(4096);
+    let directory = Arc::new(DeviceDirectory::new(state.store.clone()));
     let (gateway, embedded): (Arc<dyn DeviceGateway>, _) = if cfg.mode == "external" {
         let ext = &cfg.external;
         let (host, port) = parse_broker_url(&ext.url)?;
@@ -135,16 +137,33 @@ pub async fn start_gateway(
         }
         (Arc::new(broker), None)
     } else {
+        // One embedded broker owns the sessions of its devices (DESIGN §8), and none survives
+        // the process that held it: whatever the registry says is online was left so by a
+        // previous process that stopped before recording it. One statement settles them all
+        // before the first device can connect.
+        let settled = state.store.set_all_devices_offline().await?;
+        if settled > 0 {
+            tracing::info!(
+                devices = settled,
+                "marked devices of the previous run offline"
+            );
+        }
         let broker = Arc::new(
             EmbeddedBroker::start(
                 EmbeddedOptions {
                     addr: addr(cfg.port)?,
                     tls,
                     max_mqueue_len: cfg.max_mqueue_len,
+                    max_packet_size: cfg.max_packet_size,
+                    uplinks_per_sec: cfg.uplinks_per_sec,
+                    uplink_burst: cfg.uplink_burst,
+                    uplink_buffer_bytes: cfg.uplink_buffer_bytes,
+                    listen_backlog: cfg.listen_backlog,
                 },
-                Arc::new(StoreDeviceAuth::new(state.store.clone())),
+                Arc::new(StoreDeviceAuth::new(directory.clone())),
                 tx,
                 state.clock.clone(),
+                state.metrics.clone(),
             )
             .await?,
         );
@@ -159,6 +178,7 @@ pub async fn start_gateway(
         state.metrics.clone(),
         state.clock.clone(),
         up,
+        directory,
     ));
     tokio::spawn(router.clone().run(rx));
     Ok(Gateway { embedded, router })

@@ -89,6 +89,21 @@ pub struct MqttConfig {
     pub port: u16,
     /// Messages queued per device session before the broker drops (pushes are paced).
     pub max_mqueue_len: usize,
+    /// Largest MQTT packet the embedded broker takes, in bytes; a device that sends a larger
+    /// one is disconnected. The default is the OTA uplink limit plus room for the topic.
+    pub max_packet_size: u32,
+    /// Uplinks a device may send per second, on average; more are dropped at the broker and
+    /// counted (`ota_device_messages_rejected_total{reason="rate_limited"}`).
+    pub uplinks_per_sec: f64,
+    /// Uplinks a device may send at once above its rate (a reconnect's report, a burst of
+    /// progress messages).
+    pub uplink_burst: u32,
+    /// Uplink payload bytes held in memory between the broker and the router, all devices
+    /// together; a device whose uplink finds it full waits (TCP backpressure).
+    pub uplink_buffer_bytes: usize,
+    /// Pending TCP connections the listeners queue (a fleet reconnecting at once after a
+    /// restart); the kernel caps it at net.core.somaxconn.
+    pub listen_backlog: i32,
     pub tls: MqttTlsConfig,
     pub external: ExternalMqttConfig,
 }
@@ -137,6 +152,11 @@ impl Default for MqttConfig {
             bind: "127.0.0.1".into(),
             port: 1884,
             max_mqueue_len: 1000,
+            max_packet_size: 66_560,
+            uplinks_per_sec: 10.0,
+            uplink_burst: 50,
+            uplink_buffer_bytes: 16 * 1024 * 1024,
+            listen_backlog: 4096,
             tls: MqttTlsConfig::default(),
             external: ExternalMqttConfig::default(),
         }
@@ -300,6 +320,23 @@ impl Config {
         }
         if self.mqtt.max_mqueue_len == 0 {
             return bad("mqtt.max_mqueue_len must be at least 1");
+        }
+        if self.mqtt.max_packet_size < 1024 {
+            return bad("mqtt.max_packet_size must be at least 1024");
+        }
+        if !(self.mqtt.uplinks_per_sec.is_finite() && self.mqtt.uplinks_per_sec > 0.0) {
+            return bad("mqtt.uplinks_per_sec must be a positive number");
+        }
+        if self.mqtt.uplink_burst == 0 {
+            return bad("mqtt.uplink_burst must be at least 1");
+        }
+        if self.mqtt.uplink_buffer_bytes < self.mqtt.max_packet_size as usize {
+            return bad(
+                "mqtt.uplink_buffer_bytes must hold at least one packet (mqtt.max_packet_size)",
+            );
+        }
+        if self.mqtt.listen_backlog < 1 {
+            return bad("mqtt.listen_backlog must be at least 1");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format must be \"text\" or \"json\"");
@@ -525,6 +562,19 @@ bind = "127.0.0.1"
 port = 1884
 # Messages queued per device session before the broker drops.
 max_mqueue_len = 1000
+# Largest MQTT packet taken from a device, in bytes (a larger one ends its session); the
+# default is the 64 KiB OTA uplink limit plus room for the topic.
+max_packet_size = 66560
+# Uplinks per second a device may send on average, and at once above that; more are dropped
+# and counted as ota_device_messages_rejected_total{reason="rate_limited"}.
+uplinks_per_sec = 10.0
+uplink_burst = 50
+# Uplink bytes held between the broker and the router, all devices together; when full,
+# devices wait (TCP backpressure) instead of the server growing.
+uplink_buffer_bytes = 16777216
+# Pending TCP connections queued when a fleet reconnects at once (capped by the kernel's
+# net.core.somaxconn).
+listen_backlog = 4096
 
 [mqtt.tls]
 # MQTT over TLS, served when cert and key (PEM files) are set.

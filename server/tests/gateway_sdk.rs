@@ -11,6 +11,7 @@ use ota_server::app::{start_gateway, Gateway};
 use ota_server::dispatch::router::{DeviceEvent, DeviceEventKind, MemoryOffers};
 use ota_server::dispatch::{FirmwarePush, Uplink};
 use ota_server::domain::{DeviceId, ModuleName, SignMethod, TenantId, Version};
+use ota_server::metrics::{LoginRefusal, Rejection};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -310,6 +311,15 @@ impl Fleet {
     }
 }
 
+/// Waits until `cond` holds, checking often; panics after [`WAIT`] with `what`.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn is_inform(ev: &DeviceEvent, device: DeviceId, version: &str) -> bool {
     ev.device == device
         && matches!(&ev.kind, DeviceEventKind::Message(Uplink::Inform { version: v, .. }) if v.as_str() == version)
@@ -372,6 +382,7 @@ async fn alink_device_takes_a_waiting_push_downloads_and_reports(db: Db) {
         e.device == id && matches!(e.kind, DeviceEventKind::Disconnected)
     })
     .await;
+    assert!(f.gw.router.presence.flushed(WAIT).await);
     assert!(!f.t.store.get_device(TenantId(1), id).await.unwrap().online);
 }
 
@@ -494,8 +505,8 @@ async fn enos_device_requests_and_gets_versions() {
 
 // SPEC V1, V2: each signing scheme connects with the right secret and is refused with a wrong
 // one (Link Kit's HMACs; EnOS's plain hashes, SHA-1 in upper case). Neither SDK reports a
-// refused CONNACK, so a refusal shows as no connection within the device's wait; all devices
-// run at once so the waits overlap.
+// refused CONNACK, so a refusal shows as no connection within the device's wait, and the
+// server counts each refusal by reason; all devices run at once so the waits overlap.
 #[actix_web::test]
 async fn devices_authenticate_with_every_sign_method() {
     let f = Fleet::new(Db::Sqlite, "alink").await;
@@ -536,6 +547,19 @@ async fn devices_authenticate_with_every_sign_method() {
         assert_eq!(first["event"], want, "{what}");
         d.finish().await;
     }
+    // The SDKs do not say why they failed; the server counts it (both fleets share nothing
+    // but the process, so each fleet's metrics see its own refusals). SDKs may retry, so
+    // at least once per refused device.
+    let lk = &f.t.state.metrics;
+    let en = &e.t.state.metrics;
+    wait_until("refusals counted", || {
+        lk.logins_refused_count(LoginRefusal::WrongSecret) >= 3
+            && en.logins_refused_count(LoginRefusal::WrongSecret) >= 3
+            && en.logins_refused_count(LoginRefusal::UnknownDevice) >= 1
+    })
+    .await;
+    assert_eq!(lk.logins_refused_count(LoginRefusal::UnknownDevice), 0);
+    assert_eq!(lk.logins_refused_count(LoginRefusal::BadCredentials), 0);
 }
 
 /// A TLS CA and a broker certificate for 127.0.0.1 signed by it; returns (dir, ca.pem).
@@ -658,13 +682,22 @@ async fn bad_device_messages_are_rejected_and_counted() {
         .to_string(),
     )
     .unwrap();
+    // The device publishes only once the test says so: after the deletion went through.
+    let go = dir.path().join("go");
     let mut dev = Device::spawn(
         "raw_device.py",
         &f.args(
             "gone",
             &gone_secret,
             "--dn",
-            &["--mode", "publish", "--messages", own.to_str().unwrap()],
+            &[
+                "--mode",
+                "publish",
+                "--messages",
+                own.to_str().unwrap(),
+                "--publish-when",
+                go.to_str().unwrap(),
+            ],
         ),
     );
     f.event("gone connected", |e| {
@@ -672,20 +705,29 @@ async fn bad_device_messages_are_rejected_and_counted() {
     })
     .await;
     f.t.store.delete_device(TenantId(1), gone).await.unwrap();
+    std::fs::write(&go, b"").unwrap();
     dev.expect("published").await;
     dev.finish().await;
 
+    // The device saw its PUBACKs; the router may still be at work on the messages.
     let m = &f.t.state.metrics;
-    let count = |reason| m.counter("ota_device_messages_rejected_total", &[("reason", reason)]);
-    assert_eq!(count("unparsable"), 3, "{}", m.render());
+    let count = |reason| m.rejected_count(reason);
+    wait_until("every rejection counted", || {
+        count(Rejection::Unparsable) >= 3
+            && count(Rejection::NotAllowed) >= 1
+            && count(Rejection::UnknownTopic) >= 1
+            && count(Rejection::UnknownDevice) >= 1
+    })
+    .await;
+    assert_eq!(count(Rejection::Unparsable), 3, "{}", m.render());
     assert_eq!(
-        count("not_allowed"),
+        count(Rejection::NotAllowed),
         1,
         "the victim's topic: {}",
         m.render()
     );
-    assert_eq!(count("unknown_topic"), 1, "{}", m.render());
-    assert_eq!(count("unknown_device"), 1, "{}", m.render());
+    assert_eq!(count(Rejection::UnknownTopic), 1, "{}", m.render());
+    assert_eq!(count(Rejection::UnknownDevice), 1, "{}", m.render());
     assert_eq!(
         f.module_version(victim).await.as_deref(),
         Some("1.0.0"),
@@ -715,7 +757,7 @@ async fn bad_device_messages_are_rejected_and_counted() {
     );
     // both sessions ended: the online gauge comes back to zero, deleted device included
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !m.render().contains("ota_devices_online 0\n") {
+    while m.devices_online.get() != 0 {
         assert!(tokio::time::Instant::now() < deadline, "{}", m.render());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -929,6 +971,7 @@ async fn a_new_session_of_a_device_kicks_the_older_one() {
             .any(|k| matches!(k, DeviceEventKind::Disconnected)),
         "{before:?}"
     );
+    assert!(f.gw.router.presence.flushed(WAIT).await);
     assert!(f.t.store.get_device(TenantId(1), id).await.unwrap().online);
     f.gw.router
         .push(ota_server::domain::Protocol::Alink, &identity, &push)
@@ -937,7 +980,59 @@ async fn a_new_session_of_a_device_kicks_the_older_one() {
     assert_eq!(r["older_disconnected"], true, "{r}");
     assert_eq!(r["newer_pushes"], 1, "{r}");
     assert_eq!(r["older_pushes"], 0, "{r}");
+    // The takeover added no online device: the gauge counts devices, not sessions begun.
+    assert_eq!(f.t.state.metrics.devices_online.get(), 1);
     dev.finish().await;
+    let m = &f.t.state.metrics;
+    wait_until("the gauge back to zero", || m.devices_online.get() == 0).await;
+}
+
+// DESIGN §8: Alibaba's C SDK reconnects with one fixed client id, so an older session's end
+// can be handled after the newer session began. Back-to-back reconnects with a fixed id leave
+// the device online (stored state and gauge), and a secret reset afterwards still finds and
+// ends the live session, the one opened last.
+#[actix_web::test]
+async fn fixed_client_id_reconnects_stay_online_and_a_reset_ends_the_live_session() {
+    let mut f = Fleet::new(Db::Sqlite, "alink").await;
+    let (id, secret) = f.device("fixed").await;
+    let cycles = 20;
+    let mut dev = Device::spawn(
+        "raw_device.py",
+        &f.args(
+            "fixed",
+            &secret,
+            "--dn",
+            &["--mode", "fixed", "--cycles", &cycles.to_string()],
+        ),
+    );
+    assert_eq!(dev.expect("connected").await["sessions"], cycles);
+    for n in 0..cycles {
+        f.event(&format!("connection {n}"), |e| {
+            e.device == id && matches!(e.kind, DeviceEventKind::Connected)
+        })
+        .await;
+    }
+    assert!(f.gw.router.presence.flushed(WAIT).await);
+    assert!(f.t.store.get_device(TenantId(1), id).await.unwrap().online);
+    assert_eq!(f.t.state.metrics.devices_online.get(), 1);
+    let r = f
+        .http
+        .post(format!("{}/v1/devices/{}/secret", f.base, id.0))
+        .bearer_auth(&f.t.admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let held = dev.expect("fixed").await;
+    assert_eq!(held["disconnected"], true, "{held}");
+    dev.finish().await;
+    f.event("disconnection", |e| {
+        e.device == id && matches!(e.kind, DeviceEventKind::Disconnected)
+    })
+    .await;
+    assert!(f.gw.router.presence.flushed(WAIT).await);
+    assert!(!f.t.store.get_device(TenantId(1), id).await.unwrap().online);
+    assert_eq!(f.t.state.metrics.devices_online.get(), 0);
 }
 
 // SPEC D1, V1: a device whose secret is reset, or which is deleted, loses its live session at
@@ -972,4 +1067,252 @@ async fn resetting_a_secret_or_deleting_a_device_ends_its_session() {
         assert_eq!(held["reconnected"], false, "{action}: {held}");
         dev.finish().await;
     }
+}
+
+/// A bare MQTT client (rumqttc) signed as a Link Kit device; incoming publishes go to the
+/// returned channel, and the event loop's end (the broker closed the connection) closes it.
+async fn raw_client(
+    f: &Fleet,
+    name: &str,
+    secret: &str,
+) -> (
+    rumqttc::AsyncClient,
+    mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    raw_client_at(&f.pk, f.mqtt_port, name, secret).await
+}
+
+async fn raw_client_at(
+    pk: &str,
+    port: u16,
+    name: &str,
+    secret: &str,
+) -> (
+    rumqttc::AsyncClient,
+    mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    use hmac::{Hmac, Mac};
+    use rumqttc::{Event, MqttOptions, Packet};
+    let ts = rand::random::<u32>().to_string();
+    let content = format!("clientId{pk}&{name}deviceName{name}productKey{pk}timestamp{ts}");
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(content.as_bytes());
+    let mut o = MqttOptions::new(
+        format!("{pk}&{name}|securemode=3,signmethod=hmacsha1,timestamp={ts}|"),
+        "127.0.0.1",
+        port,
+    );
+    o.set_credentials(
+        format!("{name}&{pk}"),
+        hex::encode(mac.finalize().into_bytes()),
+    );
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready, connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready);
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, connected)
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    (client, rx)
+}
+
+// DESIGN §8 (toward SPEC V4): through the embedded broker a device can neither listen on nor speak
+// for another device: its subscription to another device's downlink topic is refused and
+// never delivers that device's push, and its version report on another device's topic
+// changes nothing and is counted.
+#[actix_web::test]
+async fn a_device_cannot_use_another_devices_topics() {
+    use rumqttc::QoS;
+    let f = Fleet::new(Db::Sqlite, "alink").await;
+    let (_, spy_secret) = f.device("spy").await;
+    let (victim, victim_secret) = f.device("victim").await;
+    let (spy, mut spy_rx) = raw_client(&f, "spy", &spy_secret).await;
+    let (_victim_client, mut victim_rx) = raw_client(&f, "victim", &victim_secret).await;
+    let victim_topic = format!("/ota/device/upgrade/{}/victim", f.pk);
+    spy.subscribe(&victim_topic, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // the victim reports 1.0.0 itself; the spy claims 6.6.6 for it
+    _victim_client
+        .publish(
+            format!("/ota/device/inform/{}/victim", f.pk),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"id":1,"params":{"version":"1.0.0"}}"#,
+        )
+        .await
+        .unwrap();
+    spy.publish(
+        format!("/ota/device/inform/{}/victim", f.pk),
+        QoS::AtLeastOnce,
+        false,
+        r#"{"id":2,"params":{"version":"6.6.6"}}"#,
+    )
+    .await
+    .unwrap();
+    let m = &f.t.state.metrics;
+    wait_until("the spy's report refused", || {
+        m.rejected_count(Rejection::NotAllowed) >= 1
+    })
+    .await;
+    // a push to the victim reaches the victim, and not the spy
+    let push = f.package("2.0.0", "md5").await;
+    let identity = ota_server::dispatch::gateway::DeviceIdentity {
+        product_key: f.pk.clone(),
+        device: "victim".into(),
+    };
+    f.gw.router
+        .push(ota_server::domain::Protocol::Alink, &identity, &push)
+        .await;
+    let got = tokio::time::timeout(WAIT, victim_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.topic, victim_topic);
+    // A copy to the spy would have been routed with the victim's: by the time the victim holds
+    // its push and a later message of the spy's own has come back, it would be there.
+    spy.subscribe(
+        format!("/ota/device/upgrade/{}/spy", f.pk),
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
+    let own = ota_server::dispatch::gateway::DeviceIdentity {
+        product_key: f.pk.clone(),
+        device: "spy".into(),
+    };
+    f.gw.router
+        .push(ota_server::domain::Protocol::Alink, &own, &push)
+        .await;
+    let first = tokio::time::timeout(WAIT, spy_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.topic,
+        format!("/ota/device/upgrade/{}/spy", f.pk),
+        "the spy got only its own push"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while f.module_version(victim).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "victim's report");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.module_version(victim).await.as_deref(), Some("1.0.0"));
+    assert_eq!(m.rejected_count(Rejection::NotAllowed), 1);
+}
+
+// DESIGN §8: what one device can cost is bounded. One device publishing as fast as
+// it can is held to its uplink rate at the broker (the excess dropped and counted) while a
+// hundred others report their versions: all hundred are stored within 30 s. A packet over
+// the size limit ends the sender's session.
+#[actix_web::test]
+async fn a_flooding_device_delays_no_other() {
+    use rumqttc::QoS;
+    let bound = Duration::from_secs(30);
+    let f = Fleet::new(Db::Sqlite, "alink").await;
+    let (_, flood_secret) = f.device("flood").await;
+    let (_, big_secret) = f.device("big").await;
+    let mut fleet = vec![];
+    for i in 0..100 {
+        fleet.push(f.device(&format!("meter{i:03}")).await);
+    }
+    // The flooder runs on a thread and runtime of its own, as a device would: it competes with
+    // the server for the CPU, not with the test's own tasks.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        let (pk, port) = (f.pk.clone(), f.mqtt_port);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (flood, _rx) = raw_client_at(&pk, port, "flood", &flood_secret).await;
+                let topic = format!("/ota/device/progress/{pk}/flood");
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = format!(r#"{{"id":"{n}","params":{{"step":"1","desc":"x"}}}}"#);
+                    if flood
+                        .publish(&topic, QoS::AtMostOnce, false, p)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+    };
+    let m = &f.t.state.metrics;
+    wait_until("the flood limited", || {
+        m.rejected_count(Rejection::RateLimited) > 100
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    let mut devices = vec![];
+    for (i, (id, secret)) in fleet.into_iter().enumerate() {
+        let name = format!("meter{i:03}");
+        let (c, rx) = raw_client(&f, &name, &secret).await;
+        c.publish(
+            format!("/ota/device/inform/{}/{name}", f.pk),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"id":1,"params":{"version":"3.0.0"}}"#,
+        )
+        .await
+        .unwrap();
+        devices.push((id, c, rx));
+    }
+    for (id, _, _) in &devices {
+        while f.module_version(*id).await.as_deref() != Some("3.0.0") {
+            assert!(
+                start.elapsed() < bound,
+                "a report not stored within {bound:?}: {:?} {}",
+                f.module_version(*id).await,
+                m.render()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooding.join().unwrap();
+    let routed = m.message_count(ota_server::metrics::MessageKind::Progress);
+    assert!(
+        routed < sent / 2,
+        "most of the flood dropped: {routed} of {sent} routed"
+    );
+    // a packet over the limit (64 KiB uplinks) ends the session
+    let (big, mut big_rx) = raw_client(&f, "big", &big_secret).await;
+    big.publish(
+        format!("/ota/device/inform/{}/big", f.pk),
+        QoS::AtLeastOnce,
+        false,
+        vec![b' '; 70 * 1024],
+    )
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(WAIT, big_rx.recv()).await.unwrap();
+    assert!(closed.is_none(), "the connection was closed");
 }

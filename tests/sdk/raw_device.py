@@ -12,6 +12,11 @@ Modes:
   hold                       stay connected until the server ends the session, then try to
                              come back with the same secret; report {"event": "held",
                              "disconnected": .., "reconnected": ..}
+  fixed    --cycles N        N sessions back to back with one fixed client id (as Alibaba's C
+                             SDK reconnects), each opened while the previous one is still up
+                             (the broker takes the older over), then hold the last until the
+                             server ends it; report {"event": "connected", "sessions": N} when
+                             all are up, then {"event": "fixed", "disconnected": ..}
   race     --cycles N        N back-to-back sessions, each with a fresh client id: connect,
                              publish a version report as the first message, wait for the push
                              the server sends in answer (never subscribing), disconnect;
@@ -78,7 +83,7 @@ def main():
     ap.add_argument("--pk", required=True)
     ap.add_argument("--dn", required=True)
     ap.add_argument("--secret", required=True)
-    ap.add_argument("--mode", choices=["publish", "race", "kick", "hold"], required=True)
+    ap.add_argument("--mode", choices=["publish", "race", "kick", "hold", "fixed"], required=True)
     ap.add_argument("--messages")
     ap.add_argument("--publish-when", default=None,
                     help="publish only once this file exists (the test creates it when ready)")
@@ -120,6 +125,23 @@ def main():
         if again is not None:
             again.disconnect()
             again.loop_stop()
+        return 0
+    if a.mode == "fixed":
+        ended = threading.Event()
+        sessions = []
+        for n in range(a.cycles):
+            last = n == a.cycles - 1
+            # n=0 each time: the same timestamp, so the same client id and password
+            c = session(a, 0, on_disconnect=(lambda cl, u, rc: ended.set()) if last else None)
+            if c is None:
+                emit(event="connect_failed", cycle=n)
+                return 2
+            sessions.append(c)
+        emit(event="connected", sessions=len(sessions))
+        gone = ended.wait(30)
+        for c in sessions:
+            c.loop_stop()
+        emit(event="fixed", disconnected=gone)
         return 0
     if a.mode == "kick":
         pushes = {"older": 0, "newer": 0}

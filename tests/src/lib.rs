@@ -52,6 +52,8 @@ pub struct ServerOptions {
     pub release: bool,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// The embedded broker's port; 0 (any free one) unless given.
+    pub mqtt_port: Option<u16>,
 }
 
 impl Server {
@@ -59,6 +61,37 @@ impl Server {
     pub async fn start(opts: ServerOptions) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().to_owned();
+        let mut srv = Self::start_in(opts, data_dir).await?;
+        srv._dir = Some(dir);
+        Ok(srv)
+    }
+
+    /// Stops the process at once (SIGKILL: nothing is recorded on the way out, as in a
+    /// crash) and starts it again on the same data and the same MQTT port.
+    pub async fn restart(mut self) -> Result<Self> {
+        let port = self
+            .mqtt
+            .as_deref()
+            .and_then(|a| a.rsplit(':').next())
+            .map(str::parse::<u16>)
+            .transpose()?;
+        // it may be dead already (the test killed it to order what happens around it)
+        let _ = self.child.kill().await;
+        let dir = self._dir.take();
+        let mut srv = Self::start_in(
+            ServerOptions {
+                env: self.env.clone(),
+                mqtt_port: port,
+                ..Default::default()
+            },
+            self.data_dir.clone(),
+        )
+        .await?;
+        srv._dir = dir;
+        Ok(srv)
+    }
+
+    async fn start_in(opts: ServerOptions, data_dir: PathBuf) -> Result<Self> {
         let bin = server_bin(opts.release);
         if !bin.exists() {
             bail!(
@@ -72,7 +105,7 @@ impl Server {
             .arg("--port")
             .arg("0")
             .arg("--mqtt-port")
-            .arg("0")
+            .arg(opts.mqtt_port.unwrap_or(0).to_string())
             .args(&opts.args)
             .arg("serve")
             .env_remove("RUST_LOG")
@@ -136,7 +169,7 @@ impl Server {
             data_dir,
             bin,
             env: opts.env,
-            _dir: Some(dir),
+            _dir: None,
             log,
         })
     }

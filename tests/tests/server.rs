@@ -74,8 +74,34 @@ async fn serves_on_embedded_defaults_with_sqlite() {
     );
     let log = srv.log.lock().unwrap().join("\n");
     assert!(
-        log.contains("request"),
-        "requests are logged through tracing: {log}"
+        log.contains("request") && log.contains("route=/v1/products/{id}/devices/import"),
+        "requests are logged through tracing, by route: {log}"
+    );
+    // Prometheus metrics at /metrics: the HTTP requests just made, by route pattern and
+    // status, and the device side's families, present from the start.
+    let r = client(None)
+        .unwrap()
+        .get(format!("{}/metrics", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    for line in [
+        "ota_http_requests_total{method=\"POST\",route=\"/v1/products/{id}/devices/import\",status=\"201\"} 1",
+        "ota_http_requests_total{method=\"GET\",route=\"/v1/products\",status=\"401\"} 1",
+        "ota_devices_online 0",
+        "ota_device_logins_refused_total{reason=\"wrong_secret\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    assert!(
+        text.contains("ota_http_request_duration_seconds_bucket{"),
+        "{text}"
     );
 }
 
@@ -139,9 +165,104 @@ async fn embedded_broker_takes_sdk_devices() {
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // the connection was recorded
-    let dev: Value = http
-        .get(format!("{base}/v1/devices/{}", d["id"]))
+    // the connection is recorded (in the background: the device may be told first)
+    let dev = wait_for_device(&http, base, &key, &d["id"], |d| {
+        d["activated_at"].is_string()
+    })
+    .await;
+    assert!(dev["activated_at"].is_string(), "{dev}");
+}
+
+/// Polls the device through the API until `cond` holds; panics after 30 s.
+async fn wait_for_device(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    id: &Value,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let dev: Value = http
+            .get(format!("{base}/v1/devices/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if cond(&dev) {
+            return dev;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {dev}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+// DESIGN §8: a server killed while a device is connected restarts at once on the same MQTT
+// port (the old connections sit in TIME-WAIT; the listener sets SO_REUSEADDR), and the device
+// it held is no longer online: the new process settles what the old one left.
+#[tokio::test]
+async fn a_killed_server_restarts_on_its_port_and_settles_online_state() {
+    let srv = Server::start(ServerOptions::default()).await.unwrap();
+    let mqtt = srv.mqtt.clone().expect("the embedded broker's address");
+    let key = srv.create_tenant("acme").await.unwrap();
+    let http = client(None).unwrap();
+    let base = srv.base.clone();
+    let p: Value = http
+        .post(format!("{base}/v1/products"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "m", "protocol": "alink", "product_key": "a1Rst"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let d: Value = http
+        .post(format!("{base}/v1/products/{}/devices", p["id"]))
+        .bearer_auth(&key)
+        .json(&json!({"name": "lk-rst"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = std::env::var("SDK_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".venv/bin/python"));
+    let port = mqtt.rsplit(':').next().unwrap().to_owned();
+    let mut dev = tokio::process::Command::new(py)
+        .arg(root.join("tests/sdk/raw_device.py"))
+        .args([
+            "--port",
+            &port,
+            "--pk",
+            "a1Rst",
+            "--dn",
+            "lk-rst",
+            "--secret",
+            d["secret"].as_str().unwrap(),
+            "--mode",
+            "hold",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_device(&http, &base, &key, &d["id"], |d| d["online"] == true).await;
+    // The server goes first, so its side of the connection is the one left in TIME-WAIT;
+    // then the device, so it cannot come back to the new process.
+    let mut srv = srv;
+    srv.child.kill().await.unwrap();
+    dev.kill().await.unwrap();
+    let srv = srv.restart().await.unwrap();
+    assert_eq!(srv.mqtt.as_deref(), Some(mqtt.as_str()), "the same port");
+    let dev_now: Value = http
+        .get(format!("{}/v1/devices/{}", srv.base, d["id"]))
         .bearer_auth(&key)
         .send()
         .await
@@ -149,7 +270,7 @@ async fn embedded_broker_takes_sdk_devices() {
         .json()
         .await
         .unwrap();
-    assert!(dev["activated_at"].is_string(), "{dev}");
+    assert_eq!(dev_now["online"], false, "{dev_now}");
 }
 
 // SPEC M3

@@ -26,12 +26,12 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(tag = "health", security(()), responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(tag = "health", security(()), responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 #[get("/metrics")]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type(crate::metrics::CONTENT_TYPE)
         .body(state.metrics.render())
 }
 

@@ -161,13 +161,16 @@ fn load_tls(config: &Config) -> std::io::Result<rustls::ServerConfig> {
         .map_err(|e| io("http.tls", &e))
 }
 
-/// Request logging through tracing-actix-web: a span per request and one line when it ends,
-/// with the route pattern, status and duration. The pattern, never the path, is logged:
-/// download tokens in `/dl/{token}` are credentials.
+/// Request logging and metrics through tracing-actix-web: a span per request and one line
+/// when it ends, with the route pattern, status and duration, counted in
+/// `ota_http_requests_total` and `ota_http_request_duration_seconds`. The pattern, never the
+/// path, is logged and counted: download tokens in `/dl/{token}` are credentials, and ids
+/// would make a series per object.
 mod request_log {
+    use super::AppState;
     use actix_web::body::MessageBody;
     use actix_web::dev::{ServiceRequest, ServiceResponse};
-    use actix_web::HttpMessage;
+    use actix_web::{web, HttpMessage};
     use std::time::Instant;
     use tracing::Span;
     use tracing_actix_web::RootSpanBuilder;
@@ -191,16 +194,24 @@ mod request_log {
             match outcome {
                 Ok(res) => {
                     let req = res.request();
-                    // Routing has happened by now, so the pattern is known.
-                    let route = req.match_pattern().unwrap_or_else(|| "-".to_owned());
-                    let ms = req
-                        .extensions()
-                        .get::<Started>()
-                        .map(|s| s.0.elapsed().as_millis() as u64);
-                    tracing::info!(
-                        target: "ota_server::http",
-                        %route, status = res.status().as_u16(), ms, "request"
-                    );
+                    // Routing has happened by now, so the pattern is known; requests that
+                    // matched no route share one label value.
+                    let route = req
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let status = res.status().as_u16();
+                    let elapsed = req.extensions().get::<Started>().map(|s| s.0.elapsed());
+                    let ms = elapsed.map(|e| e.as_millis() as u64);
+                    tracing::info!(target: "ota_server::http", %route, status, ms, "request");
+                    if let (Some(state), Some(e)) = (req.app_data::<web::Data<AppState>>(), elapsed)
+                    {
+                        state.metrics.http_request(
+                            req.method().as_str(),
+                            &route,
+                            status,
+                            e.as_secs_f64(),
+                        );
+                    }
                 }
                 Err(e) => tracing::info!(
                     target: "ota_server::http",

@@ -3,9 +3,11 @@
 //! topics, keeps one session per device, and turns uplinks and connection changes into
 //! [`GatewayEvent`]s (DESIGN §8).
 
-use super::gateway::{DeviceAuth, DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::gateway::{BufferShare, DeviceAuth, DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::throttle::{LogLimiter, TokenBucket};
 use super::DispatchError;
 use crate::clock::SharedClock;
+use crate::metrics::{Metrics, Rejection};
 use async_trait::async_trait;
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -36,6 +38,15 @@ pub struct EmbeddedOptions {
     pub tls: Option<(SocketAddr, String, String)>,
     /// Per-session queue of undelivered messages; overflow drops, so pushes are paced.
     pub max_mqueue_len: usize,
+    /// Largest packet taken from a device; a larger one ends its session.
+    pub max_packet_size: u32,
+    /// Each device's uplink allowance: rate per second and burst.
+    pub uplinks_per_sec: f64,
+    pub uplink_burst: u32,
+    /// Uplink payload bytes held between the broker and the router, all devices together.
+    pub uplink_buffer_bytes: usize,
+    /// Pending TCP connections each listener queues.
+    pub listen_backlog: i32,
 }
 
 /// A running embedded broker; the downlink side of the device gateway.
@@ -45,10 +56,19 @@ pub struct EmbeddedBroker {
     pub tls_addr: Option<SocketAddr>,
     server_id: Id,
     sessions: Sessions,
+    auth: Arc<dyn DeviceAuth>,
 }
 
-/// Which session currently speaks for a device, so older ones can be kicked.
-type Sessions = Arc<Mutex<HashMap<DeviceIdentity, Id>>>;
+/// Which session currently speaks for a device (so older ones can be kicked and a late
+/// disconnection of an older one is known as such), with the device's uplink allowance.
+type Sessions = Arc<Mutex<HashMap<DeviceIdentity, Live>>>;
+
+struct Live {
+    /// The whole session identity: a device reconnecting with a fixed client id (Alibaba's C
+    /// SDK) has two sessions with one client id, told apart by address and creation time.
+    id: Id,
+    uplinks: TokenBucket,
+}
 
 impl EmbeddedBroker {
     /// Binds the listeners and starts serving; device events go to `events`.
@@ -57,8 +77,13 @@ impl EmbeddedBroker {
         auth: Arc<dyn DeviceAuth>,
         events: mpsc::Sender<GatewayEvent>,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, DispatchError> {
-        let scx = ServerContext::new().build().await;
+        // rmqtt refuses CONNECTs while the machine's load average or CPU use is high (its
+        // "busy" check): a fleet would be locked out whenever the host is busy with anything
+        // else. What a device may cost is bounded here instead (packet size, uplink rate,
+        // buffered bytes).
+        let scx = ServerContext::new().busy_check_enable(false).build().await;
         // DESIGN §8: rmqtt's router loses about 0.3 % of subscriptions when a device
         // reconnects back to back; serializing add and remove removes the race.
         let inner = DefaultRouter::new(Some(scx.clone()));
@@ -73,6 +98,10 @@ impl EmbeddedBroker {
             events,
             clock,
             sessions: sessions.clone(),
+            metrics,
+            logged: Arc::default(),
+            uplink_rate: (opts.uplinks_per_sec, opts.uplink_burst),
+            buffer: Arc::new(tokio::sync::Semaphore::new(opts.uplink_buffer_bytes)),
         };
         let register = scx.extends.hook_mgr().register();
         for t in [
@@ -94,7 +123,11 @@ impl EmbeddedBroker {
                 .allow_anonymous(false)
                 .max_mqueue_len(opts.max_mqueue_len)
                 .max_clientid_len(256)
-                .max_packet_size(1024 * 1024)
+                .max_packet_size(opts.max_packet_size)
+                .backlog(opts.listen_backlog)
+                // Connections of the previous process linger in TIME-WAIT for a minute after a
+                // restart; without this the listener cannot bind until they are gone.
+                .reuseaddr(Some(true))
         };
         let tcp = listener("tcp", opts.addr)
             .bind()
@@ -138,6 +171,7 @@ impl EmbeddedBroker {
             tls_addr,
             server_id,
             sessions,
+            auth: handler.auth,
         })
     }
 }
@@ -166,10 +200,12 @@ impl DeviceGateway for EmbeddedBroker {
     }
 
     async fn disconnect(&self, device: &DeviceIdentity) -> Result<bool, DispatchError> {
+        // First, so the device cannot come back with a secret read before the change.
+        self.auth.forget(device);
         let id = self
             .sessions
             .lock()
-            .map(|m| m.get(device).cloned())
+            .map(|m| m.get(device).map(|l| l.id.clone()))
             .unwrap_or(None);
         let Some(id) = id else {
             return Ok(false);
@@ -181,6 +217,10 @@ impl DeviceGateway for EmbeddedBroker {
             .map_err(|e| DispatchError::Broker(format!("disconnecting a device: {e}")))?;
         Ok(true)
     }
+
+    fn is_connected(&self, device: &DeviceIdentity) -> Option<bool> {
+        self.sessions.lock().ok().map(|m| m.contains_key(device))
+    }
 }
 
 #[derive(Clone)]
@@ -190,6 +230,12 @@ struct Hooks {
     events: mpsc::Sender<GatewayEvent>,
     clock: SharedClock,
     sessions: Sessions,
+    metrics: Arc<Metrics>,
+    logged: Arc<LogLimiter>,
+    /// Each device's uplinks per second and burst.
+    uplink_rate: (f64, u32),
+    /// Uplink bytes on their way to the router; permits are bytes.
+    buffer: Arc<tokio::sync::Semaphore>,
 }
 
 /// The device a session authenticated as, kept in the session's auth info.
@@ -204,6 +250,15 @@ fn identity_of(id: &Id) -> Option<DeviceIdentity> {
 }
 
 impl Hooks {
+    /// Counts a dropped uplink and logs it at most once per device per minute (SPEC V4).
+    fn refuse(&self, dev: &DeviceIdentity, reason: Rejection, detail: &str) {
+        self.metrics.rejected(reason);
+        let key = format!("{}/{}", dev.product_key, dev.device);
+        if self.logged.first_in_minute(&key, self.clock.now_millis()) {
+            tracing::warn!(device = %key, reason = reason.as_str(), detail, "device message rejected");
+        }
+    }
+
     async fn emit(&self, ev: GatewayEvent) {
         if self.events.send(ev).await.is_err() {
             tracing::warn!("device event channel closed; event dropped");
@@ -219,16 +274,31 @@ impl Handler for Hooks {
                 let client_id = ci.client_id().to_string();
                 let username = ci.username().map(|u| u.to_string()).unwrap_or_default();
                 let password = ci.password().map(|p| p.to_vec()).unwrap_or_default();
-                let ok = self
+                let r = match self
                     .auth
                     .authenticate(&client_id, &username, &password)
                     .await
-                    .is_some();
-                let r = if ok {
-                    AuthResult::Allow(false, None)
-                } else {
-                    tracing::info!(client_id, username, "MQTT authentication refused");
-                    AuthResult::BadUsernameOrPassword
+                {
+                    Ok(_) => AuthResult::Allow(false, None),
+                    Err(refusal) => {
+                        self.metrics.login_refused(refusal.reason);
+                        // The SDKs never report a refusal and retry forever: a misprovisioned
+                        // fleet must show in the log, but not once per attempt.
+                        let now = self.clock.now_millis();
+                        if self
+                            .logged
+                            .first_in_minute(&format!("login {username}"), now)
+                        {
+                            tracing::warn!(
+                                client_id,
+                                username,
+                                reason = refusal.reason.as_str(),
+                                detail = refusal.detail,
+                                "MQTT login refused (logged once a minute per device)"
+                            );
+                        }
+                        AuthResult::BadUsernameOrPassword
+                    }
                 };
                 (false, Some(HookResult::AuthResult(r)))
             }
@@ -254,11 +324,27 @@ impl Handler for Hooks {
                         Err(e) => tracing::error!(%topic, error = %e, "bad downlink topic"),
                     }
                 }
+                let live = Live {
+                    id: s.id.clone(),
+                    uplinks: TokenBucket::new(
+                        self.uplink_rate.0,
+                        self.uplink_rate.1,
+                        std::time::Instant::now(),
+                    ),
+                };
                 let old = self
                     .sessions
                     .lock()
-                    .map(|mut m| m.insert(dev.clone(), s.id.clone()))
+                    .map(|mut m| {
+                        let old = m.insert(dev.clone(), live).map(|l| l.id);
+                        // The gauge is the map's size: a takeover replaces an entry and adds
+                        // nothing, however the hooks of the two sessions interleave.
+                        self.metrics.devices_online.set(m.len() as i64);
+                        old
+                    })
                     .unwrap_or(None);
+                // With the same client id rmqtt has already taken the old session over, and
+                // a kick by client id would hit the new one.
                 if let Some(old) = old.filter(|o| o.client_id != s.id.client_id) {
                     // SDK client ids carry a timestamp, so an old session of the same device
                     // can still be open; it must not receive the device's pushes twice.
@@ -282,15 +368,18 @@ impl Handler for Hooks {
                     .sessions
                     .lock()
                     .map(|mut m| {
-                        if m.get(&dev).is_some_and(|id| id.client_id == s.id.client_id) {
+                        // The whole identity: an older session with the same client id (a
+                        // fixed-id SDK reconnecting) may end after the newer one began.
+                        if m.get(&dev).is_some_and(|l| l.id == s.id) {
                             m.remove(&dev);
+                            self.metrics.devices_online.set(m.len() as i64);
                             true
                         } else {
                             false
                         }
                     })
                     .unwrap_or(false);
-                // A kicked older session says nothing: the device is online on its new one.
+                // An older session says nothing: the device is online on its new one.
                 if current {
                     self.emit(GatewayEvent::Disconnected {
                         device: dev,
@@ -324,22 +413,47 @@ impl Handler for Hooks {
             }
             Parameter::MessagePublish(Some(s), _from, p) => {
                 // This hook runs before the ACL check: only a device's own topics count.
-                if let Some(dev) = identity_of(&s.id) {
-                    if self.auth.may_publish(&dev, &p.topic) {
-                        self.emit(GatewayEvent::Uplink {
-                            device: dev,
-                            topic: p.topic.to_string(),
-                            payload: p.payload.clone(),
-                            at: self.clock.now_millis(),
-                        })
-                        .await;
-                    } else {
-                        self.emit(GatewayEvent::Refused {
-                            device: Some(dev),
-                            reason: format!("publish to a foreign topic {}", p.topic),
-                        })
-                        .await;
-                    }
+                // Everything dropped here is dropped before the shared channel, so a flooding
+                // device costs its own session's task, not the router's time.
+                let Some(dev) = identity_of(&s.id) else {
+                    return (true, acc);
+                };
+                let allowed = self
+                    .sessions
+                    .lock()
+                    .map(|mut m| match m.get_mut(&dev) {
+                        Some(l) => l.uplinks.take(std::time::Instant::now()),
+                        // between CONNECT and the connected hook, or a session on its way out
+                        None => true,
+                    })
+                    .unwrap_or(true);
+                if !allowed {
+                    self.refuse(
+                        &dev,
+                        Rejection::RateLimited,
+                        "over the device's uplink rate",
+                    );
+                } else if !self.auth.may_publish(&dev, &p.topic) {
+                    self.refuse(
+                        &dev,
+                        Rejection::NotAllowed,
+                        &format!("publish to a foreign topic {}", p.topic),
+                    );
+                } else {
+                    // Bytes waiting for the router are bounded: when the buffer is full the
+                    // device's session waits (its TCP window closes), the server does not grow.
+                    let bytes = u32::try_from(p.payload.len()).unwrap_or(u32::MAX);
+                    let Ok(permit) = self.buffer.clone().acquire_many_owned(bytes).await else {
+                        return (true, acc);
+                    };
+                    self.emit(GatewayEvent::Uplink {
+                        device: dev,
+                        topic: p.topic.to_string(),
+                        payload: p.payload.clone(),
+                        at: self.clock.now_millis(),
+                        share: BufferShare::new(permit),
+                    })
+                    .await;
                 }
                 (true, acc)
             }

@@ -4,7 +4,7 @@
 //! to the devices' topics. The broker authenticates devices and enforces their ACLs, and
 //! devices must subscribe to their own downlink topics: the vendor SDKs do not.
 
-use super::gateway::{DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::gateway::{BufferShare, DeviceGateway, DeviceIdentity, GatewayEvent};
 use super::topics::parse_uplink_topic;
 use super::DispatchError;
 use crate::clock::SharedClock;
@@ -104,6 +104,8 @@ impl ExternalBroker {
                                 topic: p.topic.clone(),
                                 payload: p.payload.clone(),
                                 at: clock.now_millis(),
+                                // one event loop reads the broker: the channel's count bounds it
+                                share: BufferShare::default(),
                             },
                             Err(e) => GatewayEvent::Refused {
                                 device: None,
@@ -147,6 +149,10 @@ impl DeviceGateway for ExternalBroker {
     /// Sessions on an external broker are the broker's: revoke the device there.
     async fn disconnect(&self, _device: &DeviceIdentity) -> Result<bool, DispatchError> {
         Ok(false)
+    }
+
+    fn is_connected(&self, _device: &DeviceIdentity) -> Option<bool> {
+        None
     }
 }
 

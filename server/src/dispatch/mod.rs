@@ -7,12 +7,15 @@
 pub mod alink;
 pub mod auth;
 pub mod device_auth;
+pub mod directory;
 pub mod embedded;
 pub mod enos;
 pub mod events;
 pub mod external;
 pub mod gateway;
+pub mod presence;
 pub mod router;
+pub mod throttle;
 pub mod topics;
 mod wire;
 

@@ -5,13 +5,16 @@
 //! logged at most once per device per minute (SPEC V4); nothing a device sends can stop the
 //! router or touch another device.
 
+use super::directory::DeviceDirectory;
 use super::events::{DeviceMessage, FirmwarePush, RequestId, Uplink};
 use super::gateway::{DeviceGateway, DeviceIdentity, GatewayEvent};
+use super::presence::Presence;
+use super::throttle::LogLimiter;
 use super::topics::{parse_uplink_topic, EnosTopic, TopicKind};
 use super::{alink, enos, CodecError, Downlink};
 use crate::clock::{Millis, SharedClock};
 use crate::domain::{DeviceId, ModuleName, Protocol, TenantId};
-use crate::metrics::Metrics;
+use crate::metrics::{MessageKind, Metrics, Rejection};
 use crate::store::Store;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -125,24 +128,14 @@ pub struct Router {
     /// Device messages go up here (the rollout engine); `None` until one listens.
     pub up: Option<mpsc::Sender<DeviceEvent>>,
     push_ids: AtomicU64,
-    last_logged: std::sync::Mutex<HashMap<String, Millis>>,
-    /// Resolved identities of connected devices: an uplink needs no database lookup. Filled
-    /// on connect, dropped on disconnect, and dropped when the store no longer knows the
-    /// device (deleted while connected), so it holds at most the online sessions.
-    resolved: std::sync::Mutex<HashMap<DeviceIdentity, Resolved>>,
+    last_logged: LogLimiter,
+    /// Devices by identity, cached from their CONNECT: an uplink needs no database lookup.
+    pub directory: Arc<DeviceDirectory>,
+    /// Online state, written in batches.
+    pub presence: Presence,
 }
 
 type Resolved = (Protocol, TenantId, DeviceId);
-
-const REJECTED: &str = "ota_device_messages_rejected_total";
-const REJECTED_HELP: &str =
-    "Device messages dropped: unparsable, unknown device or not allowed (SPEC V4).";
-const RECEIVED: &str = "ota_device_messages_total";
-const RECEIVED_HELP: &str = "Device messages accepted, by kind.";
-const ONLINE: &str = "ota_devices_online";
-const ONLINE_HELP: &str = "Devices connected to this process's gateway.";
-const PUSHES: &str = "ota_pushes_total";
-const PUSHES_HELP: &str = "Firmware pushes published to devices.";
 
 impl Router {
     pub fn new(
@@ -152,9 +145,9 @@ impl Router {
         metrics: Arc<Metrics>,
         clock: SharedClock,
         up: Option<mpsc::Sender<DeviceEvent>>,
+        directory: Arc<DeviceDirectory>,
     ) -> Self {
         Self {
-            store,
             gateway,
             offers,
             metrics,
@@ -162,7 +155,9 @@ impl Router {
             up,
             push_ids: AtomicU64::new(clock_seed()),
             last_logged: Default::default(),
-            resolved: Default::default(),
+            presence: Presence::start(store.clone()),
+            store,
+            directory,
         }
     }
 
@@ -182,60 +177,29 @@ impl Router {
                 topic,
                 payload,
                 at,
+                share: _held_until_handled,
             } => self.uplink(device, &topic, &payload, at).await,
             GatewayEvent::Refused { device, reason } => {
-                self.reject(device.as_ref(), "not_allowed", &reason);
+                self.reject(device.as_ref(), Rejection::NotAllowed, &reason);
             }
         }
     }
 
     /// Counts a dropped message and logs it at most once per device per minute.
-    fn reject(&self, device: Option<&DeviceIdentity>, reason: &'static str, detail: &str) {
-        self.metrics
-            .inc(REJECTED, REJECTED_HELP, &[("reason", reason)], 1);
+    fn reject(&self, device: Option<&DeviceIdentity>, reason: Rejection, detail: &str) {
+        self.metrics.rejected(reason);
         let key = device
             .map(|d| format!("{}/{}", d.product_key, d.device))
             .unwrap_or_default();
         let now = self.clock.now_millis();
-        let log = self
-            .last_logged
-            .lock()
-            .map(|mut m| first_in_minute(&mut m, &key, now))
-            .unwrap_or(true);
-        if log {
-            tracing::warn!(device = %key, reason, detail, "device message rejected");
+        if self.last_logged.first_in_minute(&key, now) {
+            tracing::warn!(device = %key, reason = reason.as_str(), detail, "device message rejected");
         }
     }
 
     async fn resolve(&self, device: &DeviceIdentity) -> Option<Resolved> {
-        if let Some(r) = self
-            .resolved
-            .lock()
-            .ok()
-            .and_then(|m| m.get(device).copied())
-        {
-            return Some(r);
-        }
-        let r = self.resolve_in_store(device).await?;
-        if let Ok(mut m) = self.resolved.lock() {
-            m.insert(device.clone(), r);
-        }
-        Some(r)
-    }
-
-    fn forget(&self, device: &DeviceIdentity) {
-        if let Ok(mut m) = self.resolved.lock() {
-            m.remove(device);
-        }
-    }
-
-    async fn resolve_in_store(&self, device: &DeviceIdentity) -> Option<Resolved> {
-        match self
-            .store
-            .device_by_identity(&device.product_key, &device.device)
-            .await
-        {
-            Ok(Some((p, d))) => Some((p.protocol, d.tenant_id, d.id)),
+        match self.directory.get(device).await {
+            Ok(Some(k)) => Some((k.protocol, k.tenant, k.id)),
             Ok(None) => None,
             Err(e) => {
                 tracing::error!(error = %e, "device lookup failed");
@@ -252,23 +216,24 @@ impl Router {
         }
     }
 
-    async fn connection(&self, device: DeviceIdentity, online: bool, at: Millis) {
-        // The gauge counts sessions, whatever the registry says of the device now.
-        self.metrics
-            .add_gauge(ONLINE, ONLINE_HELP, &[], if online { 1 } else { -1 });
-        // A new session starts from the store's view of the device; an ended one leaves none.
-        self.forget(&device);
-        let resolved = if online {
-            self.resolve(&device).await
-        } else {
-            self.resolve_in_store(&device).await
-        };
+    async fn connection(&self, device: DeviceIdentity, connected: bool, at: Millis) {
+        // What the gateway says now wins over the event: the hooks of two sessions of one
+        // device can send their events out of order, and the last event handled must not
+        // leave a connected device offline (or the reverse).
+        let online = self.gateway.is_connected(&device).unwrap_or(connected);
+        let resolved = self.resolve(&device).await;
+        if !online {
+            // The cache holds about the online devices.
+            self.directory.evict(&device);
+        }
         let Some((protocol, tenant, id)) = resolved else {
             // deleted between CONNECT and now; nothing to record
             return;
         };
-        if let Err(e) = self.store.set_device_online(tenant, id, online, at).await {
-            tracing::error!(error = %e, "recording a device connection failed");
+        self.presence.mark(id, online, at);
+        if online != connected {
+            // a stale event: the one that made the state it contradicts is passed up
+            return;
         }
         if online {
             self.push_pending(protocol, tenant, id, &device, None).await;
@@ -315,7 +280,9 @@ impl Router {
     async fn publish(&self, d: Downlink) {
         let is_push = d.topic.ends_with("/upgrade") || d.topic.starts_with("/ota/device/upgrade/");
         match self.gateway.publish(&d.topic, d.payload.into()).await {
-            Ok(()) if is_push => self.metrics.inc(PUSHES, PUSHES_HELP, &[], 1),
+            Ok(()) if is_push => {
+                self.metrics.pushes.inc();
+            }
             Ok(()) => {}
             Err(e) => tracing::warn!(topic = %d.topic, error = %e, "publishing to a device failed"),
         }
@@ -324,18 +291,22 @@ impl Router {
     async fn uplink(&self, device: DeviceIdentity, topic: &str, payload: &[u8], at: Millis) {
         let parsed = match parse_uplink_topic(topic) {
             Ok(t) => t,
-            Err(e) => return self.reject(Some(&device), "unknown_topic", &e.to_string()),
+            Err(e) => return self.reject(Some(&device), Rejection::UnknownTopic, &e.to_string()),
         };
         if parsed.product_key != device.product_key || parsed.device != device.device {
-            return self.reject(Some(&device), "not_allowed", "topic names another device");
+            return self.reject(
+                Some(&device),
+                Rejection::NotAllowed,
+                "topic names another device",
+            );
         }
         let Some((protocol, tenant, id)) = self.resolve(&device).await else {
-            return self.reject(Some(&device), "unknown_device", "no such device");
+            return self.reject(Some(&device), Rejection::UnknownDevice, "no such device");
         };
         if parsed.protocol() != protocol {
             return self.reject(
                 Some(&device),
-                "wrong_protocol",
+                Rejection::WrongProtocol,
                 &format!("the product speaks {}", protocol.as_str()),
             );
         }
@@ -348,7 +319,7 @@ impl Router {
             Err(e) => {
                 // No reply: a message that does not parse has no id to echo, so an answer could
                 // not reach the waiting SDK call; it times out on the device, as on the clouds.
-                return self.reject(Some(&device), "unparsable", &e.to_string());
+                return self.reject(Some(&device), Rejection::Unparsable, &e.to_string());
             }
         };
         let message = DeviceMessage {
@@ -363,8 +334,7 @@ impl Router {
         {
             return;
         }
-        self.metrics
-            .inc(RECEIVED, RECEIVED_HELP, &[("kind", uplink_kind(&msg))], 1);
+        self.metrics.message(uplink_kind(&msg));
         self.send_up(DeviceEvent {
             tenant,
             device: id,
@@ -397,8 +367,8 @@ impl Router {
                     Ok(()) => {}
                     Err(crate::store::StoreError::NotFound(_)) => {
                         // deleted while connected
-                        self.forget(device);
-                        self.reject(Some(device), "unknown_device", "no such device");
+                        self.directory.forget(device);
+                        self.reject(Some(device), Rejection::UnknownDevice, "no such device");
                         return false;
                     }
                     Err(e) => tracing::warn!(error = %e, "recording a version report failed"),
@@ -454,28 +424,13 @@ impl Router {
     }
 }
 
-/// Whether a rejection for `key` at `now` is the first in a minute (and so is logged); keeps
-/// the map bounded by pruning old entries when it grows large.
-fn first_in_minute(seen: &mut HashMap<String, Millis>, key: &str, now: Millis) -> bool {
-    if seen.len() > 100_000 {
-        seen.retain(|_, t| now - *t < 60_000);
-    }
-    match seen.get(key) {
-        Some(t) if now - *t < 60_000 => false,
-        _ => {
-            seen.insert(key.to_owned(), now);
-            true
-        }
-    }
-}
-
-fn uplink_kind(u: &Uplink) -> &'static str {
+fn uplink_kind(u: &Uplink) -> MessageKind {
     match u {
-        Uplink::Inform { .. } => "inform",
-        Uplink::Progress { .. } => "progress",
-        Uplink::Pull { .. } => "pull",
-        Uplink::GetVersion => "getversion",
-        Uplink::UpgradeReply { .. } => "upgrade_reply",
+        Uplink::Inform { .. } => MessageKind::Inform,
+        Uplink::Progress { .. } => MessageKind::Progress,
+        Uplink::Pull { .. } => MessageKind::Pull,
+        Uplink::GetVersion => MessageKind::GetVersion,
+        Uplink::UpgradeReply { .. } => MessageKind::UpgradeReply,
     }
 }
 
@@ -485,26 +440,4 @@ fn clock_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() % 1_000_000 * 1000)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // SPEC V4: a rejected device is logged at most once per minute, each device on its own.
-    #[test]
-    fn rejections_are_logged_once_per_device_per_minute() {
-        let mut seen = HashMap::new();
-        assert!(first_in_minute(&mut seen, "pk/a", 0));
-        assert!(!first_in_minute(&mut seen, "pk/a", 59_999));
-        assert!(
-            first_in_minute(&mut seen, "pk/b", 1_000),
-            "another device is logged"
-        );
-        assert!(
-            first_in_minute(&mut seen, "pk/a", 60_000),
-            "a minute later again"
-        );
-        assert!(!first_in_minute(&mut seen, "pk/a", 60_001));
-    }
 }

@@ -471,6 +471,72 @@ impl Store {
         Ok(row.map(|d| (product, to_device(d))))
     }
 
+    /// The devices of a product with these names, in one query (the gateway loads the
+    /// credentials of a reconnecting fleet in batches).
+    pub async fn devices_named(
+        &self,
+        product: ProductId,
+        names: &[String],
+    ) -> StoreResult<Vec<Device>> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(MAX_BIND_PARAMS - 1) {
+            let rows = device::Entity::find()
+                .filter(device::Column::ProductId.eq(product.0))
+                .filter(device::Column::Name.is_in(chunk.iter().cloned()))
+                .all(self.db())
+                .await?;
+            out.extend(rows.into_iter().map(to_device));
+        }
+        Ok(out)
+    }
+
+    /// Records that devices connected (`online`) or disconnected, all at `now`: online state,
+    /// last-seen time and, on a first connection, activation time (SPEC D1); one statement
+    /// per [`MAX_BIND_PARAMS`] devices. Unknown ids (deleted devices) are skipped.
+    pub async fn set_devices_online(
+        &self,
+        ids: &[DeviceId],
+        online: bool,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        use sea_orm::sea_query::{Expr, Func};
+        let mut changed = 0;
+        for chunk in ids.chunks(MAX_BIND_PARAMS - 3) {
+            let mut q = device::Entity::update_many()
+                .col_expr(device::Column::Online, Expr::value(online))
+                .col_expr(device::Column::LastSeenAt, Expr::value(now));
+            if online {
+                q = q.col_expr(
+                    device::Column::ActivatedAt,
+                    Func::coalesce([
+                        Expr::col(device::Column::ActivatedAt).into(),
+                        Expr::value(now),
+                    ])
+                    .into(),
+                );
+            }
+            changed += q
+                .filter(device::Column::Id.is_in(chunk.iter().map(|d| d.0)))
+                .exec(self.db())
+                .await?
+                .rows_affected;
+        }
+        Ok(changed)
+    }
+
+    /// Marks every online device offline, in one statement; how many were. For a process
+    /// starting its embedded broker: every session the registry remembers ended with the
+    /// previous process, which may have stopped before recording it.
+    pub async fn set_all_devices_offline(&self) -> StoreResult<u64> {
+        use sea_orm::sea_query::Expr;
+        Ok(device::Entity::update_many()
+            .col_expr(device::Column::Online, Expr::value(false))
+            .filter(device::Column::Online.eq(true))
+            .exec(self.db())
+            .await?
+            .rows_affected)
+    }
+
     /// Records that a device connected or disconnected: its online state, last-seen time,
     /// and on its first connection its activation time (SPEC D1).
     pub async fn set_device_online(

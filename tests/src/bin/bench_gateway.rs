@@ -11,6 +11,7 @@ use ota_server::dispatch::gateway::DeviceIdentity;
 use ota_server::dispatch::router::NoOffers;
 use ota_server::dispatch::FirmwarePush;
 use ota_server::domain::*;
+use ota_server::metrics::MessageKind;
 use ota_server::store::{NewProduct, Store};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,9 @@ async fn main() -> Result<()> {
     config.mqtt.port = 0;
     // the benchmark fires pushes open loop; the scheduler paces them in production
     config.mqtt.max_mqueue_len = pushes_per_device * 2;
+    // and measures the router's throughput, not the per-device uplink allowance
+    config.mqtt.uplinks_per_sec = 1e9;
+    config.mqtt.uplink_burst = u32::MAX;
     let store = Store::connect(
         &format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display()),
         8,
@@ -180,7 +184,7 @@ async fn main() -> Result<()> {
     );
 
     let metrics = state.metrics.clone();
-    let routed = || metrics.counter("ota_device_messages_total", &[("kind", "progress")]);
+    let routed = || metrics.message_count(MessageKind::Progress);
     let utotal = (devices * uplinks_per_device) as u64;
     let start = Instant::now();
     let mut senders = vec![];
