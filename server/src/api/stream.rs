@@ -378,8 +378,7 @@ mod tests {
                     seen += 1;
                     Ok(())
                 })
-                .err()
-                .expect("a huge element is refused");
+                .expect_err("a huge element is refused");
             assert_eq!(seen, 0);
             assert!(matches!(err, ApiError::Invalid { .. }));
         }
