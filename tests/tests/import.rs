@@ -10,10 +10,13 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const DEVICES: usize = 20;
-const SLOW_ROWS: usize = 250;
-const ROW_EVERY: Duration = Duration::from_millis(40);
-/// How long the reports may take to be stored, counted from the last one sent.
-const REPORT_BOUND: Duration = Duration::from_secs(4);
+/// The upload goes on until the reports are checked, at most this many rows.
+const MAX_SLOW_ROWS: usize = 3_000;
+const ROW_EVERY: Duration = Duration::from_millis(20);
+/// How long the reports may take to be stored, counted from the last one sent. An import
+/// that held the database while its upload arrived would keep them waiting until it ends
+/// (the upload goes on for up to a minute), or until SQLite's 30 s busy timeout.
+const REPORT_BOUND: Duration = Duration::from_secs(10);
 
 fn alink_password(pk: &str, dn: &str, secret: &str, ts: &str) -> String {
     let content = format!("clientId{pk}&{dn}deviceName{dn}productKey{pk}timestamp{ts}");
@@ -100,24 +103,29 @@ async fn slow_import_does_not_stall_devices(env: Vec<(String, String)>) {
         devices.push(d);
     }
 
-    // The slow upload: a header at once, then a row every few tens of milliseconds. The
-    // server has started on it once the first rows have been taken off the channel.
+    // The slow upload: a header at once, then a row every few tens of milliseconds until
+    // the test has seen the reports stored. The server has started on it once the first
+    // rows have been taken off the channel.
     let (row_tx, row_rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let producer = tokio::spawn(async move {
         let _ = row_tx.send(Ok("name\n".to_owned())).await;
         let mut started = Some(started_tx);
-        for i in 0..SLOW_ROWS {
+        let mut sent = 0;
+        while sent < MAX_SLOW_ROWS && stop_rx.try_recv().is_err() {
             tokio::time::sleep(ROW_EVERY).await;
-            if row_tx.send(Ok(format!("slow-{i:04}\n"))).await.is_err() {
-                return;
+            if row_tx.send(Ok(format!("slow-{sent:04}\n"))).await.is_err() {
+                break;
             }
-            if i == 5 {
+            sent += 1;
+            if sent == 5 {
                 if let Some(s) = started.take() {
                     let _ = s.send(());
                 }
             }
         }
+        sent
     });
     let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(row_rx, |mut rx| async {
         rx.recv().await.map(|item| (item, rx))
@@ -195,12 +203,14 @@ async fn slow_import_does_not_stall_devices(env: Vec<(String, String)>) {
         problems()
     );
     assert!(
-        !import.is_finished(),
+        !producer.is_finished() && !import.is_finished(),
         "the reports were stored while the import was still arriving"
     );
+    stop_tx.send(()).unwrap();
+    let sent = producer.await.unwrap();
     let (status, j) = import.await.unwrap();
     assert_eq!(status, 201, "{j}; server problems: {:?}", problems());
-    assert_eq!(j["imported"], SLOW_ROWS);
+    assert_eq!(j["imported"], sent);
 }
 
 #[tokio::test]
