@@ -268,11 +268,13 @@ async fn import_devices(
         row: 0,
         max_rows: state.config.devices.import_max_rows,
     };
+    let started = std::time::Instant::now();
     if is_csv {
         import.csv(&mut body).await?;
     } else {
         import.json(&mut body).await?;
     }
+    let spooled = started.elapsed();
     let rows = spool
         .into_rows()
         .await
@@ -281,6 +283,13 @@ async fn import_devices(
         .store
         .import_devices(tenant, product.id, rows, errors, state.now())
         .await?;
+    tracing::info!(
+        product = product.id.0,
+        devices = result.imported,
+        spool_ms = spooled.as_millis() as u64,
+        write_ms = (started.elapsed() - spooled).as_millis() as u64,
+        "devices imported"
+    );
     Ok(HttpResponse::Created().json(ImportResult {
         imported: result.imported,
     }))

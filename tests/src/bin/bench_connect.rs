@@ -118,7 +118,12 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// The server's `ota_devices_online` gauge.
 async fn online(http: &reqwest::Client, base: &str) -> Result<i64> {
-    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     text.lines()
         .find_map(|l| l.strip_prefix("ota_devices_online "))
         .ok_or_else(|| anyhow!("no ota_devices_online in /metrics"))?
@@ -194,7 +199,7 @@ async fn main() -> Result<()> {
     }
     let srv = Server::start(ServerOptions {
         release: true,
-        env: vec![("OTA_LOG__LEVEL".into(), "warn".into())],
+        env: vec![("OTA_LOG__LEVEL".into(), "warn,ota_server=info".into())],
         ..Default::default()
     })
     .await?;

@@ -66,5 +66,15 @@ async fn main() -> Result<()> {
         peak as f64 / 1048576.0,
         rss_before as f64 / 1048576.0
     );
+    // The server logs how long it read and validated the upload (no lock held) and how long
+    // it wrote it (one transaction).
+    if let Some(line) = srv.log.lock().ok().and_then(|l| {
+        l.iter()
+            .rev()
+            .find(|l| l.contains("devices imported"))
+            .cloned()
+    }) {
+        println!("bench-import: server log: {}", line.trim());
+    }
     Ok(())
 }
