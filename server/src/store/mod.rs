@@ -179,6 +179,13 @@ impl Store {
         &self.db
     }
 
+    /// The raw connection, for tests and benchmarks that must set up states no API call
+    /// makes yet (a failed task before the scheduler exists) or read query plans.
+    #[doc(hidden)]
+    pub fn raw_connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     /// A transaction that writes. On SQLite it takes the write lock with its first
     /// statement: in WAL mode a transaction that reads and then writes fails at once with
     /// SQLITE_BUSY_SNAPSHOT (517) when another connection commits in between, and no busy

@@ -880,8 +880,9 @@ impl Store {
         } = &spec.scope
         {
             // Only values that read as numbers compare (a text value is never in a range).
+            // sea-query numbers PostgreSQL placeholders ($1) and uses ? on SQLite.
             let numeric = match backend {
-                DbBackend::Postgres => "(CASE WHEN value ~ '^\\s*-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?\\s*$' THEN CAST(value AS DOUBLE PRECISION) END) BETWEEN ? AND ?",
+                DbBackend::Postgres => "(CASE WHEN value ~ '^\\s*-{0,1}[0-9]+(\\.[0-9]+){0,1}([eE][-+]{0,1}[0-9]+){0,1}\\s*$' THEN CAST(value AS DOUBLE PRECISION) END) BETWEEN $1 AND $2",
                 _ => "(value <> '' AND value NOT GLOB '*[^0-9.eE+-]*' AND CAST(value AS REAL) BETWEEN ? AND ?)",
             };
             let mut q = Query::select();
