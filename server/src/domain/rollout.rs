@@ -369,16 +369,14 @@ impl RolloutRequest {
             | Scope::Phased {
                 devices: DeviceSource::Names(n),
                 ..
-            } => {
-                if n.is_empty() || n.len() > L::MAX_INLINE_DEVICES {
-                    return Err(Invalid::new(
-                        "scope.device_names",
-                        format!(
-                            "give 1 to {} device names inline, or upload a CSV device list for up to 1,000,000",
-                            L::MAX_INLINE_DEVICES
-                        ),
-                    ));
-                }
+            } if n.is_empty() || n.len() > L::MAX_INLINE_DEVICES => {
+                return Err(Invalid::new(
+                    "scope.device_names",
+                    format!(
+                        "give 1 to {} device names inline, or upload a CSV device list for up to 1,000,000",
+                        L::MAX_INLINE_DEVICES
+                    ),
+                ));
             }
             Scope::Attribute { name, value } => {
                 AttributeName::parse("scope.name", name.as_str())?;
@@ -400,13 +398,11 @@ impl RolloutRequest {
                 TagKey::parse("scope.key", key.as_str())?;
                 check_values("scope.values", values, limits::MAX_TAG_VALUE_LEN)?;
             }
-            Scope::AssetNodes(nodes) => {
-                if nodes.is_empty() || nodes.len() > MAX_SCOPE_IDS {
-                    return Err(Invalid::new(
-                        "scope.node_ids",
-                        format!("give 1 to {MAX_SCOPE_IDS} asset nodes (in at most {MAX_ASSET_TREES_PER_SCOPE} trees)"),
-                    ));
-                }
+            Scope::AssetNodes(nodes) if nodes.is_empty() || nodes.len() > MAX_SCOPE_IDS => {
+                return Err(Invalid::new(
+                    "scope.node_ids",
+                    format!("give 1 to {MAX_SCOPE_IDS} asset nodes (in at most {MAX_ASSET_TREES_PER_SCOPE} trees)"),
+                ));
             }
             _ => {}
         }
