@@ -120,6 +120,22 @@ where
         .strip_prefix("http://ota.test")
         .unwrap()
         .to_owned();
+    let r = post(
+        format!("/v1/packages/{pkg}/rollouts"),
+        json!({"scope": {"kind": "all"}, "description": format!("{MARK}-rollout"), "app_confirm": true}),
+    )
+    .await;
+    ids.insert("rollout", r["id"].as_i64().unwrap());
+    let tasks = call(
+        app,
+        Some(key),
+        "GET",
+        &format!("/v1/rollouts/{}/tasks", r["id"]),
+        None,
+    )
+    .await
+    .json();
+    ids.insert("task", tasks["items"][0]["id"].as_i64().unwrap());
     let k = post(
         "/v1/keys".into(),
         json!({"name": format!("{MARK}-key"), "role": "viewer"}),
@@ -150,6 +166,7 @@ fn path_param_kind(path: &str, param: &str) -> &'static str {
         ("asset-nodes", "id") => "node",
         ("packages", "id") => "package",
         ("keys", "id") => "key",
+        ("rollouts", "id") => "rollout",
         _ => panic!("{path}: teach this test which kind of id {{{param}}} is"),
     }
 }
@@ -161,6 +178,8 @@ fn query_param_kind(path: &str, param: &str) -> Option<&'static str> {
         (_, "group_id") => Some("group"),
         (_, "asset_node_id") => Some("node"),
         ("/v1/groups", "parent_id") => Some("group"),
+        (_, "package_id") => Some("package"),
+        (_, "task_id") => Some("task"),
         (_, p) if p.ends_with("_id") => {
             panic!("{path}: teach this test which kind of id the query parameter {p} is")
         }
@@ -196,6 +215,11 @@ fn body_for(op: &str, fx: &Fixture) -> (&'static str, Vec<u8>) {
         "POST /v1/asset-trees/{id}/nodes" => j(json!({"name": "walk"})),
         "PATCH /v1/packages/{id}" => j(json!({"description": "walk"})),
         "PUT /v1/packages/{id}/files/{name}" => ("application/octet-stream", b"walk".to_vec()),
+        "POST /v1/packages/{id}/rollouts" => j(json!({"scope": {"kind": "all"}})),
+        "POST /v1/rollouts/{id}/tasks/cancel" => j(json!({"states": ["waiting"]})),
+        "POST /v1/packages/{id}/tasks/cancel" => j(json!({"device_ids": [device]})),
+        "POST /v1/tasks/confirm" => j(json!({"task_ids": [fx.ids["task"]]})),
+        "POST /v1/products/{id}/device-lists" => ("text/csv", b"deviceName\nwalk\n".to_vec()),
         _ => panic!("{op} takes a body: give this test one it would accept"),
     }
 }

@@ -28,6 +28,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("some rows are invalid")]
     InvalidRows(RowErrors),
+    /// SPEC B5: names that are no devices of the product; nothing was created.
+    #[error("{total} device names are unknown")]
+    UnknownDevices { names: Vec<String>, total: u64 },
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -55,7 +58,11 @@ pub struct ErrorBody {
     /// For `invalid_rows`: the first rows at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<Vec<RowErrorDto>>,
-    /// For `invalid_rows`: how many rows are at fault in all.
+    /// For `unknown_devices`: the unknown names, in input order (the first 1,000; ask with
+    /// `Accept: text/csv` for all of them as a CSV file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
+    /// For `invalid_rows` and `unknown_devices`: how many rows or names are at fault in all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
 }
@@ -86,6 +93,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidRows(_) => "invalid_rows",
+            ApiError::UnknownDevices { .. } => "unknown_devices",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::DownloadDenied(_) => "download_denied",
@@ -100,6 +108,7 @@ impl ApiError {
             message: self.to_string(),
             field: None,
             rows: None,
+            names: None,
             total: None,
         };
         match self {
@@ -126,6 +135,15 @@ impl ApiError {
                 );
                 body.total = Some(total);
             }
+            ApiError::UnknownDevices { names, total } => {
+                body.message = format!(
+                    "{total} device {} not devices of this product; nothing was created. \
+                     Fix the names listed and send the whole list again",
+                    if *total == 1 { "name is" } else { "names are" }
+                );
+                body.names = Some(names.iter().take(1000).cloned().collect());
+                body.total = Some(*total);
+            }
             ApiError::Internal(_) => {
                 body.message = "internal error; the server log has the details".into();
             }
@@ -144,7 +162,9 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::InvalidRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidRows(_) | ApiError::UnknownDevices { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -187,6 +207,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Invalid(i) => i.into(),
             StoreError::InvalidRows(r) => ApiError::InvalidRows(r),
+            StoreError::UnknownDevices { names, total } => {
+                ApiError::UnknownDevices { names, total }
+            }
             StoreError::Database(db) => ApiError::Internal(db.to_string()),
             StoreError::Spool(e) => ApiError::Internal(format!("spool: {e}")),
         }

@@ -14,6 +14,7 @@ mod keys;
 mod openapi;
 mod packages;
 mod products;
+mod rollouts;
 mod search;
 mod spool;
 pub(crate) mod stream;
@@ -91,6 +92,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(groups::configure)
             .configure(assets::configure)
             .configure(packages::configure)
+            .configure(rollouts::configure)
             .default_service(web::to(not_routed));
     }
 }

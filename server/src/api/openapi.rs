@@ -49,6 +49,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::groups::Doc::openapi(),
         super::assets::Doc::openapi(),
         super::packages::Doc::openapi(),
+        super::rollouts::Doc::openapi(),
         super::downloads::Doc::openapi(),
     ] {
         doc.merge(part);

@@ -42,4 +42,10 @@ id_type!(
     PackageId,
     /// One file of a package.
     PackageFileId,
+    /// An uploaded list of devices (B5 CSV scope).
+    DeviceListId,
+    /// A rollout (Alibaba "update batch", EnOS "OTA job").
+    RolloutId,
+    /// One device's task in one rollout.
+    TaskId,
 );

@@ -6,6 +6,8 @@ pub mod names;
 pub mod package;
 pub mod registry;
 pub mod role;
+pub mod rollout;
+pub mod task;
 
 pub use groups::*;
 pub use ids::*;
@@ -13,6 +15,8 @@ pub use names::*;
 pub use package::*;
 pub use registry::*;
 pub use role::Role;
+pub use rollout::*;
+pub use task::*;
 
 /// A rule of the domain that an input broke; `field` names the input, `message` says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,6 +9,7 @@ mod labels;
 mod packages;
 mod paging;
 mod products;
+mod rollouts;
 mod search;
 mod settings;
 mod tenants;
@@ -18,6 +19,7 @@ pub use labels::LabelSet;
 pub use packages::*;
 pub use paging::*;
 pub use products::*;
+pub use rollouts::*;
 pub use search::DeviceSelection;
 pub use tenants::*;
 
@@ -41,6 +43,10 @@ pub enum StoreError {
     InvalidRows(RowErrors),
     #[error("database: {0}")]
     Database(#[from] DbErr),
+    /// SPEC B5: device names that are not devices of the product (the first ones, in input
+    /// order) and how many there are in all; nothing was created.
+    #[error("unknown devices")]
+    UnknownDevices { names: Vec<String>, total: u64 },
     /// Reading a spooled upload back failed (disk trouble, not the caller's input).
     #[error("reading the spooled upload: {0}")]
     Spool(std::io::Error),
@@ -170,6 +176,13 @@ impl Store {
     }
 
     pub(crate) fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The raw connection, for tests and benchmarks that must set up states no API call
+    /// makes yet (a failed task before the scheduler exists) or read query plans.
+    #[doc(hidden)]
+    pub fn raw_connection(&self) -> &DatabaseConnection {
         &self.db
     }
 

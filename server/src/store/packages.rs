@@ -207,9 +207,8 @@ impl Store {
     }
 
     /// Deletes a package and its file records and returns the records, whose stored files
-    /// the caller removes.
-    // Not yet here: refusing a package that has an unfinished rollout (the first half of
-    // requirement P3) needs rollouts, which do not exist yet.
+    /// the caller removes. A package with an unfinished rollout is refused (SPEC P3); its
+    /// finished rollouts, their tasks and events go with it.
     pub async fn delete_package(
         &self,
         tenant: TenantId,
@@ -221,6 +220,7 @@ impl Store {
             .one(&txn)
             .await?
             .ok_or(StoreError::NotFound("package"))?;
+        self.check_no_unfinished_rollout(&txn, p.id).await?;
         let files = package_file::Entity::find()
             .filter(package_file::Column::PackageId.eq(p.id))
             .order_by_asc(package_file::Column::Id)
@@ -244,6 +244,7 @@ impl Store {
         now: Millis,
     ) -> StoreResult<PackageFile> {
         let p = self.get_package(tenant, package).await?;
+        self.check_files_not_frozen(self.db(), p.id.0).await?;
         let size = i64::try_from(file.size)
             .map_err(|_| Invalid::new("body", "the file is too large to record"))?;
         let name = file.name.as_str().to_owned();
@@ -330,6 +331,7 @@ impl Store {
             .one(&txn)
             .await?
             .ok_or(StoreError::NotFound("package file"))?;
+        self.check_files_not_frozen(&txn, row.package_id).await?;
         package_file::Entity::delete_by_id(row.id)
             .exec(&txn)
             .await?;

@@ -45,7 +45,7 @@ impl DeviceSelection {
     }
 
     /// The condition on `device` rows; every subquery filters on the tenant too.
-    fn condition(&self) -> Condition {
+    pub(crate) fn condition(&self) -> Condition {
         let t = self.tenant.0;
         let mut c = Condition::all().add(device::Column::TenantId.eq(t));
         if let Some(p) = self.product {
