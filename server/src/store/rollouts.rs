@@ -755,34 +755,18 @@ impl Store {
             } else {
                 TaskState::Waiting
             };
-            let mut select = Query::select();
-            select
-                .expr(Expr::val(id.0))
+            let mut candidates = Query::select();
+            candidates
                 .column((device::Entity, device::Column::Id))
-                .expr(Expr::val(initial.as_str()))
-                .expr(Expr::val(now))
-                .expr(Expr::val(now))
                 .from(device::Entity)
                 .cond_where(cond);
             if let Scope::Phased { percent, .. } = &spec.scope {
                 let take = Scope::phased_take(list.map_or(0, |l| l.1), *percent);
-                select
+                candidates
                     .order_by((device::Entity, device::Column::Id), Order::Asc)
                     .limit(take);
             }
-            let mut insert = Query::insert();
-            insert
-                .into_table(task::Entity)
-                .columns([
-                    task::Column::RolloutId,
-                    task::Column::DeviceId,
-                    task::Column::State,
-                    task::Column::CreatedAt,
-                    task::Column::UpdatedAt,
-                ])
-                .select_from(select)
-                .map_err(|e| StoreError::Database(sea_orm::DbErr::Custom(e.to_string())))?;
-            created = txn.execute(backend.build(&insert)).await?.rows_affected();
+            created = insert_tasks(&txn, backend, id, initial, now, candidates).await?;
         }
 
         // R10 / R11: earlier not-yet-started tasks of the same devices are replaced.
@@ -1674,4 +1658,71 @@ async fn finish_device_list(
         txn.execute_unprepared("DELETE FROM staged_name").await?;
     }
     Ok((DeviceListId(list.id), n))
+}
+
+/// Writes one task per candidate device (the `id` column of `candidates`), set-based.
+///
+/// The candidates read `task` (R10/R11 look for open tasks), so on PostgreSQL they are
+/// collected into a temporary table first: an `INSERT … SELECT` that probes the very table
+/// it fills can be planned as a nested loop over a sequential scan of `task` (when its
+/// statistics say it is empty), and every probe then reads every row inserted so far, which
+/// is quadratic (two minutes for 100,000 devices). SQLite collects such a SELECT into a
+/// temporary table of its own accord.
+async fn insert_tasks(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    rollout: RolloutId,
+    initial: TaskState,
+    now: Millis,
+    candidates: SelectStatement,
+) -> StoreResult<u64> {
+    let columns = [
+        task::Column::RolloutId,
+        task::Column::DeviceId,
+        task::Column::State,
+        task::Column::CreatedAt,
+        task::Column::UpdatedAt,
+    ];
+    let bad = |e: sea_orm::sea_query::error::Error| {
+        StoreError::Database(sea_orm::DbErr::Custom(e.to_string()))
+    };
+    let mut insert = Query::insert();
+    insert.into_table(task::Entity).columns(columns);
+    if backend == DbBackend::Postgres {
+        // Parameters are not allowed in CREATE TABLE … AS, so create, then fill.
+        txn.execute_unprepared(
+            "CREATE TEMP TABLE rollout_candidate (id BIGINT NOT NULL) ON COMMIT DROP",
+        )
+        .await?;
+        let mut collect = Query::insert();
+        collect
+            .into_table(Alias::new("rollout_candidate"))
+            .columns([Alias::new("id")])
+            .select_from(candidates)
+            .map_err(bad)?;
+        txn.execute(backend.build(&collect)).await?;
+        let mut select = Query::select();
+        select
+            .expr(Expr::val(rollout.0))
+            .column(Alias::new("id"))
+            .expr(Expr::val(initial.as_str()))
+            .expr(Expr::val(now))
+            .expr(Expr::val(now))
+            .from(Alias::new("rollout_candidate"));
+        insert.select_from(select).map_err(bad)?;
+        let n = txn.execute(backend.build(&insert)).await?.rows_affected();
+        txn.execute_unprepared("DROP TABLE rollout_candidate")
+            .await?;
+        return Ok(n);
+    }
+    let mut select = Query::select();
+    select
+        .expr(Expr::val(rollout.0))
+        .column((Alias::new("c"), Alias::new("id")))
+        .expr(Expr::val(initial.as_str()))
+        .expr(Expr::val(now))
+        .expr(Expr::val(now))
+        .from_subquery(candidates, Alias::new("c"));
+    insert.select_from(select).map_err(bad)?;
+    Ok(txn.execute(backend.build(&insert)).await?.rows_affected())
 }
