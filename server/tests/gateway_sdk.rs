@@ -1270,6 +1270,22 @@ async fn a_flooding_device_delays_no_other() {
         m.rejected_count(Rejection::RateLimited) > 100
     })
     .await;
+    // The server runs in this process: its memory is this process's. Dropped uplinks must not
+    // pile up anywhere (the broker's per-device bucket drops them, and what waits for the
+    // router is capped at `uplink_buffer_bytes`, 16 MiB by default).
+    let rss_mib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map(|kb| kb / 1024)
+            .unwrap()
+    };
+    let rss_flooded = rss_mib();
     let start = tokio::time::Instant::now();
     let mut devices = vec![];
     for (i, (id, secret)) in fleet.into_iter().enumerate() {
@@ -1296,6 +1312,11 @@ async fn a_flooding_device_delays_no_other() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    let rss_end = rss_mib();
+    assert!(
+        rss_end < rss_flooded + 96,
+        "memory stays bounded under the flood: {rss_flooded} MiB when the flood was limited, {rss_end} MiB after the others' reports"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flooding.join().unwrap();
     let routed = m.message_count(ota_server::metrics::MessageKind::Progress);
