@@ -4,6 +4,7 @@
 //! 1. a rollout with scope `all` and the source-version filter 1.0.0 (900,000 tasks),
 //! 2. that rollout cancelled as a whole,
 //! 3. a 1,000,000-row device-list CSV uploaded and a `selected` rollout over it.
+//!
 //! It prints each step's time and the server's peak RSS. Arguments: devices (default
 //! 1,000,000), `--postgres` (uses `TEST_PG_URL`, default the local server's `test` database,
 //! in a fresh schema).
