@@ -544,7 +544,7 @@ async fn one_open_dynamic_rollout_per_package(db: Db) {
     create(&app, &t.admin, fx.package, body).await.expect(201);
 }
 
-// SPEC B9 (the creation rules; changing a running dynamic rollout's versions is the
+// Part of B9 (the creation rules; changing a running dynamic rollout's versions is the
 // scheduler issue's)
 async fn source_version_rules_through_the_api(db: Db) {
     let t = TestCtx::new(db).await;
@@ -841,7 +841,8 @@ async fn set_task_state(t: &TestCtx, rollout: i64, device: i64, state: &str) {
         .unwrap();
 }
 
-// SPEC O1: the four cancel forms.
+// Part of O1: the four cancel forms (that a later success report on a cancelled in-progress
+// task is still recorded needs device events, which come with the scheduler).
 async fn cancel_whole_strategy_by_state_and_by_device(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;
@@ -937,8 +938,9 @@ async fn cancel_whole_strategy_by_state_and_by_device(db: Db) {
     .expect(409);
 }
 
-// SPEC O2: counts, success rate and progress; task lists per rollout, device and package,
-// filtered and paged; CSV export.
+// Part of O2: counts, success rate and progress; task lists per rollout, device and package,
+// filtered and paged; CSV export (a task's progress and last device message come with the
+// scheduler's device events).
 async fn status_counts_lists_paging_and_csv(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;
@@ -1102,8 +1104,9 @@ async fn rerun_failed_tasks(db: Db) {
     );
 }
 
-// SPEC O4: rollout and task changes are recorded with cause and key; creating N tasks
-// writes one rollout event, not N task events.
+// Part of O4: changes made through the API are recorded with cause and key; creating N
+// tasks writes one rollout event, not N task events (device, timer and policy causes come
+// with the scheduler).
 async fn audit_records_cause_and_key_without_a_row_per_created_task(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;
