@@ -16,6 +16,7 @@ db_tests!(
     selected_unknown_names_refuse_everything_and_list_them,
     phased_takes_the_floor_of_the_percentage,
     group_scope_includes_subgroups,
+    a_groups_dynamic_rollouts_keep_its_override_and_multi_module_settings,
     attribute_value_range_tag_and_asset_tree_scopes,
     one_open_dynamic_rollout_per_package,
     source_version_rules_through_the_api,
@@ -375,6 +376,52 @@ async fn group_scope_includes_subgroups(db: Db) {
     r.expect(404);
 }
 
+// Part of R11 and B7: a group scope may be dynamic, and a group's new dynamic rollout must
+// use the multi-module and override settings of the group's open one.
+async fn a_groups_dynamic_rollouts_keep_its_override_and_multi_module_settings(db: Db) {
+    let t = TestCtx::new(db).await;
+    let app = t.service().await;
+    let fx = fixture(&app, &t.admin, &["1.0", "1.0"]).await;
+    let g = post(&app, &t.admin, "/v1/groups", json!({"name": "fleet"}))
+        .await
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    post(
+        &app,
+        &t.admin,
+        &format!("/v1/groups/{g}/devices"),
+        json!({"device_ids": [fx.devices[0]]}),
+    )
+    .await
+    .expect(200);
+    let dynamic = |override_previous: bool| {
+        json!({"method": "dynamic", "scope": {"kind": "group", "group_id": g},
+               "source_versions": ["1.0"], "override_previous": override_previous})
+    };
+    let first = create(&app, &t.admin, fx.package, dynamic(false)).await;
+    first.expect(201);
+    let first_id = first.json()["id"].as_i64().unwrap();
+    assert_eq!(
+        task_devices(&app, &t.admin, first_id, None).await,
+        names(&["d0"])
+    );
+    // another package's dynamic rollout of the same group, with other settings
+    let other = package(&app, &t.admin, fx.product, "3.0", None).await;
+    let r = create(&app, &t.admin, other, dynamic(true)).await;
+    r.expect(400);
+    assert_eq!(r.json()["field"], "multi_module");
+    let msg = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains(&format!("dynamic rollout {first_id}")),
+        "{msg}"
+    );
+    // the same settings are fine
+    create(&app, &t.admin, other, dynamic(false))
+        .await
+        .expect(201);
+}
+
 // SPEC B8
 async fn attribute_value_range_tag_and_asset_tree_scopes(db: Db) {
     let t = TestCtx::new(db).await;
@@ -602,9 +649,11 @@ async fn source_version_rules_through_the_api(db: Db) {
     );
 }
 
-// SPEC R11 (override on: earlier not-started tasks cancelled; off: such devices skipped)
-// and R10 (multi-module: only the same module's earlier tasks are replaced); the two
-// cannot both be on.
+// SPEC R11 (override on: earlier not-started tasks cancelled; off: such devices skipped; the
+// group rule is proved by a_groups_dynamic_rollouts_keep_its_override_and_multi_module_settings)
+// and R10
+// (multi-module: only the same module's earlier tasks are replaced); the two cannot both be
+// on.
 async fn override_and_multi_module_against_existing_tasks(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;
