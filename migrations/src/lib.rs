@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_foundation;
 mod m20261201_000001_rollouts;
+mod m20261204_000001_scheduler;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_foundation::Migration),
             Box::new(m20261201_000001_rollouts::Migration),
+            Box::new(m20261204_000001_scheduler::Migration),
         ]
     }
 }

@@ -1,7 +1,7 @@
 //! The composition root: builds the store, firmware storage and HTTP server from a config.
 
 use crate::api::{self, AppState};
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use crate::config::Config;
 use crate::dispatch::device_auth::StoreDeviceAuth;
 use crate::dispatch::directory::DeviceDirectory;
@@ -11,6 +11,7 @@ use crate::dispatch::gateway::DeviceGateway;
 use crate::dispatch::router::{DeviceEvent, Offers, Router};
 use crate::firmware::Firmware;
 use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
 use crate::store::Store;
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub async fn build_state(
         public_url,
         metrics: Arc::new(Metrics::new()),
         gateway: std::sync::OnceLock::new(),
+        scheduler: std::sync::OnceLock::new(),
+        manual_clock: std::sync::OnceLock::new(),
     })
 }
 
@@ -184,18 +187,74 @@ pub async fn start_gateway(
     Ok(Gateway { embedded, router })
 }
 
+/// Which clock the server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClockChoice {
+    #[default]
+    System,
+    /// A clock that moves only through `POST /v1/clock/advance` (tests, evaluations).
+    Manual,
+}
+
+/// Starts the rollout engine on a running gateway: device events go to it, and on the
+/// system clock it ticks by itself (a manual clock ticks when advanced).
+pub fn start_scheduler(
+    state: &AppState,
+    gateway: Arc<dyn DeviceGateway>,
+    events: mpsc::Receiver<DeviceEvent>,
+    tick_by_itself: bool,
+) -> Arc<Scheduler> {
+    let scheduler = Arc::new(Scheduler::new(
+        state.store.clone(),
+        state.clock.clone(),
+        gateway,
+        state.firmware.clone(),
+        state.public_url.clone(),
+        state.metrics.clone(),
+        state.config.scheduler.clone(),
+    ));
+    tokio::spawn(scheduler.clone().run_events(events));
+    if tick_by_itself {
+        tokio::spawn(scheduler.clone().run_ticks());
+    }
+    let _ = state.scheduler.set(scheduler.clone());
+    scheduler
+}
+
 /// Runs the server until it is stopped.
-pub async fn serve(config: Config) -> Result<(), AppError> {
+pub async fn serve(config: Config, clock: ClockChoice) -> Result<(), AppError> {
     let store = open_store(&config).await?;
     let listener = std::net::TcpListener::bind((config.http.bind.as_str(), config.http.port))?;
     let port = listener.local_addr()?.port();
     let public_url = config.public_url(port);
     let database = config.redacted().database_url();
-    let state = build_state(config, store, Arc::new(SystemClock), public_url.clone()).await?;
-    // Until the rollout engine exists nothing is waiting for any device.
+    let manual = (clock == ClockChoice::Manual).then(|| ManualClock::new(SystemClock.now_millis()));
+    let shared: SharedClock = match &manual {
+        Some(m) => Arc::new(m.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let state = build_state(config, store, shared, public_url.clone()).await?;
+    if let Some(m) = manual {
+        tracing::warn!(
+            "RUNNING ON A MANUAL CLOCK: time stands still until POST /v1/clock/advance moves it; \
+             never run a production server this way"
+        );
+        let _ = state.manual_clock.set(m);
+    }
     let _gateway = if state.config.mqtt.mode != "off" {
-        Some(start_gateway(&state, Arc::new(crate::dispatch::router::NoOffers), None).await?)
+        let (up, events) = mpsc::channel(16_384);
+        let g = start_gateway(
+            &state,
+            Arc::new(crate::dispatch::router::NoOffers),
+            Some(up),
+        )
+        .await?;
+        if let Some(gw) = state.gateway.get() {
+            start_scheduler(&state, gw.clone(), events, clock == ClockChoice::System);
+        }
+        Some(g)
     } else {
+        tracing::warn!("mqtt.mode is off: no device gateway, so rollouts push nothing");
         None
     };
     // Logged last: when this line shows, the API and the device gateway both take connections.

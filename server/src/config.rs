@@ -26,6 +26,7 @@ pub struct Config {
     pub firmware: FirmwareConfig,
     pub devices: DevicesConfig,
     pub mqtt: MqttConfig,
+    pub scheduler: SchedulerConfig,
     pub log: LogConfig,
 }
 
@@ -76,6 +77,27 @@ pub struct DevicesConfig {
     pub import_max_bytes: u64,
     /// Most rows one device import may hold (SPEC D1: 1,000,000, the most allowed).
     pub import_max_rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// How often the rollout engine works out what may happen now, in milliseconds.
+    pub tick_ms: u64,
+    /// Most tasks one rollout releases in one tick (bounds one transaction).
+    pub max_release_per_tick: u64,
+    /// Most device reports applied in one transaction.
+    pub event_batch: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            tick_ms: 1000,
+            max_release_per_tick: 20_000,
+            event_batch: 2_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +213,7 @@ impl Default for Config {
             firmware: FirmwareConfig::default(),
             devices: DevicesConfig::default(),
             mqtt: MqttConfig::default(),
+            scheduler: SchedulerConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -334,6 +357,15 @@ impl Config {
             return bad(
                 "mqtt.uplink_buffer_bytes must hold at least one packet (mqtt.max_packet_size)",
             );
+        }
+        if !(10..=60_000).contains(&self.scheduler.tick_ms) {
+            return bad("scheduler.tick_ms must be from 10 to 60000");
+        }
+        if !(1..=1_000_000).contains(&self.scheduler.max_release_per_tick) {
+            return bad("scheduler.max_release_per_tick must be from 1 to 1000000");
+        }
+        if !(1..=100_000).contains(&self.scheduler.event_batch) {
+            return bad("scheduler.event_batch must be from 1 to 100000");
         }
         if self.mqtt.listen_backlog < 1 {
             return bad("mqtt.listen_backlog must be at least 1");
@@ -592,6 +624,15 @@ password = ""
 # Uplinks come through $share/<group>/... so several server processes split them; empty
 # subscribes plainly (one process only).
 shared_group = "ota"
+
+[scheduler]
+# How often the rollout engine works out what may happen now (schedule, rate, concurrency,
+# timers), in milliseconds (10 to 60000).
+tick_ms = 1000
+# Most tasks one rollout releases in one tick (1 to 1000000).
+max_release_per_tick = 20000
+# Most device reports applied in one transaction (1 to 100000).
+event_batch = 2000
 
 [log]
 # tracing filter, e.g. "info" or "ota_server=debug,info".

@@ -11,4 +11,5 @@ pub mod dispatch;
 pub mod domain;
 pub mod firmware;
 pub mod metrics;
+pub mod scheduler;
 pub mod store;

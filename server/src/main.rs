@@ -38,7 +38,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve,
+    Serve {
+        /// `manual`: run on a clock that moves only through `POST /v1/clock/advance`
+        /// (tests and evaluations; never in production).
+        #[arg(long, value_parser = ["system", "manual"], default_value = "system")]
+        clock: String,
+    },
     /// Show configuration.
     Config {
         #[command(subcommand)]
@@ -117,7 +122,14 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        Command::Serve => ota_server::app::serve(config).await?,
+        Command::Serve { clock } => {
+            let clock = if clock == "manual" {
+                ota_server::app::ClockChoice::Manual
+            } else {
+                ota_server::app::ClockChoice::System
+            };
+            ota_server::app::serve(config, clock).await?
+        }
         Command::Config { what } => match what {
             ConfigCommand::PrintDefault => print!("{DEFAULT_TOML}"),
             ConfigCommand::Show => print!("{}", toml::to_string(&config.redacted())?),

@@ -3,6 +3,7 @@
 
 mod assets;
 pub mod auth;
+mod clock;
 mod devices;
 mod downloads;
 pub mod dto;
@@ -40,6 +41,11 @@ pub struct AppState {
     /// The device gateway, once it runs; the API ends a device's session through it when the
     /// device's credentials stop being valid.
     pub gateway: std::sync::OnceLock<Arc<dyn crate::dispatch::gateway::DeviceGateway>>,
+    /// The rollout engine, once it runs.
+    pub scheduler: std::sync::OnceLock<Arc<crate::scheduler::Scheduler>>,
+    /// Set only when the server runs on a manual clock (`serve --clock manual`): the clock
+    /// endpoints then exist and move it.
+    pub manual_clock: std::sync::OnceLock<crate::clock::ManualClock>,
 }
 
 impl AppState {
@@ -67,6 +73,7 @@ impl AppState {
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         let max_json = state.config.http.max_json_bytes;
+        let manual = state.manual_clock.get().is_some();
         cfg.app_data(state)
             // Handlers read input through `extract`; these cover any actix extractor left.
             .app_data(
@@ -93,6 +100,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(assets::configure)
             .configure(packages::configure)
             .configure(rollouts::configure)
+            .configure(clock::configure(manual))
             .default_service(web::to(not_routed));
     }
 }

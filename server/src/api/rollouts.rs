@@ -27,6 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get_rollout)
         .service(start_rollout)
         .service(cancel_rollout)
+        .service(pause_rollout)
+        .service(resume_rollout)
         .service(cancel_strategy)
         .service(cancel_tasks)
         .service(rerun_failed)
@@ -718,6 +720,41 @@ async fn cancel_rollout(
     reply_rollout(&state, r).await
 }
 
+/// Pauses a running rollout: it pushes nothing, and the timers of its not-yet-started
+/// tasks stand still until it is resumed (SPEC G2).
+#[utoipa::path(tag = "rollouts", params(("id" = i64, Path)),
+    responses((status = 200, body = RolloutDto), (status = 403, body = E), (status = 404, body = E), (status = 409, body = E)))]
+#[post("/v1/rollouts/{id}/pause")]
+async fn pause_rollout(
+    state: web::Data<AppState>,
+    auth: Auth,
+    id: web::Path<i64>,
+) -> ApiResult<HttpResponse> {
+    let tenant = auth.require(Action::ManageRollouts)?;
+    let r = state
+        .store
+        .pause_rollout(tenant, RolloutId(*id), &Actor::key(auth.0.key), state.now())
+        .await?;
+    reply_rollout(&state, r).await
+}
+
+/// Resumes a paused rollout (SPEC G2).
+#[utoipa::path(tag = "rollouts", params(("id" = i64, Path)),
+    responses((status = 200, body = RolloutDto), (status = 403, body = E), (status = 404, body = E), (status = 409, body = E)))]
+#[post("/v1/rollouts/{id}/resume")]
+async fn resume_rollout(
+    state: web::Data<AppState>,
+    auth: Auth,
+    id: web::Path<i64>,
+) -> ApiResult<HttpResponse> {
+    let tenant = auth.require(Action::ManageRollouts)?;
+    let r = state
+        .store
+        .resume_rollout(tenant, RolloutId(*id), &Actor::key(auth.0.key), state.now())
+        .await?;
+    reply_rollout(&state, r).await
+}
+
 /// Cancels only a dynamic rollout's strategy: no new devices join, existing tasks go on
 /// (SPEC O1).
 #[utoipa::path(tag = "rollouts", params(("id" = i64, Path)),
@@ -1401,6 +1438,8 @@ impl NameSpool {
     cancel_strategy,
     cancel_tasks,
     rerun_failed,
+    pause_rollout,
+    resume_rollout,
     rollout_tasks,
     rollout_tasks_csv,
     rollout_events,

@@ -28,8 +28,12 @@ pub struct DeviceEvent {
     pub tenant: TenantId,
     pub device: DeviceId,
     pub identity: DeviceIdentity,
+    pub protocol: Protocol,
     pub at: Millis,
     pub kind: DeviceEventKind,
+    /// The request id of a message that expects a reply (a pull, EnOS `getversion`), for
+    /// the engine to answer with.
+    pub request_id: Option<RequestId>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,8 +251,10 @@ impl Router {
             tenant,
             device: id,
             identity: device,
+            protocol,
             at,
             kind,
+            request_id: None,
         })
         .await;
     }
@@ -339,8 +345,10 @@ impl Router {
             tenant,
             device: id,
             identity: device,
+            protocol,
             at,
             kind: DeviceEventKind::Message(msg),
+            request_id,
         })
         .await;
     }
@@ -378,6 +386,11 @@ impl Router {
                     .await;
             }
             Uplink::Progress { .. } | Uplink::UpgradeReply { .. } => {
+                self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
+            }
+            // The rollout engine answers what a device asks when it listens (off this loop:
+            // the answer needs the database).
+            Uplink::Pull { .. } | Uplink::GetVersion if self.up.is_some() => {
                 self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
             }
             Uplink::Pull { module } => match kind {

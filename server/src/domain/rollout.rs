@@ -260,6 +260,58 @@ pub struct RolloutSpec {
     pub start_on_creation: bool,
 }
 
+impl Schedule {
+    /// R1: whether the end time has passed (never, with a daily repeat: its end only closes
+    /// each day's window).
+    pub fn ended(&self, now: Millis) -> bool {
+        !self.daily_repeat && self.end_at.is_some_and(|e| now >= e)
+    }
+
+    /// R1 / R2: whether pushes may go out at `now`.
+    pub fn allows_push(&self, now: Millis) -> bool {
+        self.push_time_between(now - 1, now) > 0
+    }
+
+    /// R1 / R2: how much of the time `(from, to]` pushes were allowed in: after the start,
+    /// before the end, and with a daily repeat inside the start..end time of day (read in
+    /// the schedule's offset). The rate's allowance accrues over exactly this time, so a
+    /// window of an hour at 10 a minute releases exactly 10 × 60.
+    pub fn push_time_between(&self, from: Millis, to: Millis) -> Millis {
+        let mut lo = from;
+        let mut hi = to;
+        if let Some(s) = self.start_at {
+            lo = lo.max(s);
+        }
+        if let (false, Some(e)) = (self.daily_repeat, self.end_at) {
+            hi = hi.min(e);
+        }
+        if hi <= lo {
+            return 0;
+        }
+        match (self.daily_repeat, self.start_at, self.end_at) {
+            (true, Some(start), Some(end)) => {
+                let off = i64::from(self.utc_offset_minutes) * L::MINUTE;
+                let (open, close) = (
+                    (start + off).rem_euclid(L::DAY),
+                    (end + off).rem_euclid(L::DAY),
+                );
+                // each local day's window that (lo, hi] touches
+                let mut total = 0;
+                let mut day = (lo + off).div_euclid(L::DAY);
+                let last = (hi + off).div_euclid(L::DAY);
+                while day <= last {
+                    let w_lo = day * L::DAY + open - off;
+                    let w_hi = day * L::DAY + close - off;
+                    total += (hi.min(w_hi) - lo.max(w_lo)).max(0);
+                    day += 1;
+                }
+                total
+            }
+            _ => hi - lo,
+        }
+    }
+}
+
 impl RolloutSpec {
     /// Whether the start waits for a time still ahead of `now` (R1: a past start is now).
     pub fn starts_later(&self, now: Millis) -> bool {
@@ -884,6 +936,36 @@ mod tests {
         assert!(r.clone().validate(&full(), NOW).is_ok());
         r.schedule.end_at = Some(NOW + L::HOUR + 30 * L::DAY + 1);
         assert_eq!(field_of(r, &full()), "schedule.end_at");
+    }
+
+    #[test]
+    fn push_time_is_clipped_to_start_end_and_the_daily_window() {
+        let day = L::DAY;
+        let s = Schedule {
+            start_at: Some(10 * day + 2 * L::HOUR),
+            end_at: Some(10 * day + 3 * L::HOUR),
+            daily_repeat: false,
+            utc_offset_minutes: 0,
+        };
+        assert_eq!(s.push_time_between(0, 20 * day), L::HOUR);
+        assert!(!s.allows_push(10 * day + 2 * L::HOUR));
+        assert!(s.allows_push(10 * day + 2 * L::HOUR + 1));
+        assert!(s.ended(10 * day + 3 * L::HOUR));
+        let daily = Schedule {
+            daily_repeat: true,
+            ..s
+        };
+        assert!(!daily.ended(12 * day));
+        // three days of windows of an hour each, and nothing between them
+        assert_eq!(daily.push_time_between(0, 13 * day), 3 * L::HOUR);
+        assert_eq!(daily.push_time_between(11 * day, 11 * day + 2 * L::HOUR), 0);
+        assert!(daily.allows_push(11 * day + 2 * L::HOUR + 30 * L::MINUTE));
+        // read in UTC+8: the same instants are the window of local 10:00 to 11:00
+        let east = Schedule {
+            utc_offset_minutes: 480,
+            ..daily
+        };
+        assert_eq!(east.push_time_between(11 * day, 12 * day), L::HOUR);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub enum FirmwareError {
 }
 
 /// File storage and URL signing for package files.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Firmware {
     storage: Storage,
     signer: Signer,

@@ -29,7 +29,7 @@ pub struct StoredFile {
 }
 
 /// The firmware directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Storage {
     dir: PathBuf,
     max_file_bytes: u64,

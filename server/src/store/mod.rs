@@ -3,6 +3,7 @@
 
 mod assets;
 mod devices;
+mod engine;
 pub mod entity;
 mod groups;
 mod labels;
@@ -15,6 +16,7 @@ mod settings;
 mod tenants;
 
 pub use devices::*;
+pub use engine::*;
 pub use labels::LabelSet;
 pub use packages::*;
 pub use paging::*;

@@ -130,7 +130,7 @@ pub struct RolloutFilter {
 pub const MAX_UNKNOWN_LISTED: usize = 1_000_000;
 
 /// `?` placeholders as the backend wants them (`$1`, `$2`, … on PostgreSQL).
-fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+pub(super) fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     let sql = if backend == DbBackend::Postgres {
         let mut out = String::with_capacity(sql.len() + 16);
         let mut n = 0;
@@ -150,7 +150,7 @@ fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(backend, sql, values)
 }
 
-fn in_list(states: &[TaskState]) -> String {
+pub(super) fn in_list(states: &[TaskState]) -> String {
     states
         .iter()
         .map(|s| format!("'{}'", s.as_str()))
@@ -158,7 +158,7 @@ fn in_list(states: &[TaskState]) -> String {
         .join(",")
 }
 
-fn placeholders(n: usize) -> String {
+pub(super) fn placeholders(n: usize) -> String {
     vec!["?"; n].join(",")
 }
 
@@ -330,7 +330,7 @@ fn i32_of(v: Option<u32>) -> Option<i32> {
 /// on SQLite two statements under the write lock the transaction already holds.
 /// `filter` is SQL over `task` columns (with `?` values) and must include the state guard.
 #[allow(clippy::too_many_arguments)]
-async fn bulk_transition(
+pub(super) async fn bulk_transition(
     txn: &DatabaseTransaction,
     filter: &str,
     values: Vec<Value>,
@@ -403,7 +403,7 @@ async fn bulk_transition(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn rollout_event(
+pub(super) async fn rollout_event(
     txn: &impl ConnectionTrait,
     tenant: TenantId,
     rollout: RolloutId,
@@ -1007,7 +1007,7 @@ impl Store {
     }
 
     /// Moves a rollout by the state machine; `Cancel` also cancels its open tasks (O1).
-    async fn rollout_transition(
+    pub(super) async fn rollout_transition(
         &self,
         tenant: TenantId,
         id: RolloutId,

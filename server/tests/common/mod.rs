@@ -300,3 +300,37 @@ where
     .await
     .expect(201);
 }
+
+/// A test context with the device gateway (embedded broker on a free port) and the rollout
+/// engine running on the manual clock; `/v1/clock/advance` ticks it.
+pub struct EngineCtx {
+    pub t: TestCtx,
+    pub engine: Arc<ota_server::scheduler::Scheduler>,
+    pub gateway: ota_server::app::Gateway,
+}
+
+impl EngineCtx {
+    pub async fn new(db: Db) -> Self {
+        Self::with_config(db, |_| {}).await
+    }
+
+    pub async fn with_config(db: Db, tweak: impl FnOnce(&mut Config)) -> Self {
+        let t = TestCtx::with_config(db, |c| {
+            c.mqtt.port = 0;
+            tweak(c);
+        })
+        .await;
+        let (up, events) = tokio::sync::mpsc::channel(16_384);
+        let gateway = ota_server::app::start_gateway(
+            &t.state,
+            Arc::new(ota_server::dispatch::router::NoOffers),
+            Some(up),
+        )
+        .await
+        .unwrap();
+        let gw = t.state.gateway.get().unwrap().clone();
+        let engine = ota_server::app::start_scheduler(&t.state, gw, events, false);
+        let _ = t.state.manual_clock.set(t.clock.clone());
+        Self { t, engine, gateway }
+    }
+}

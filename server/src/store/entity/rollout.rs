@@ -51,6 +51,13 @@ pub struct Model {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub rate_per_minute: Option<i32>,
+    pub rate_next_threshold: Option<i64>,
+    pub rate_bucket: i64,
+    pub released_total: i64,
+    pub succeeded_total: i64,
+    pub ticked_at: Option<i64>,
+    pub paused_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

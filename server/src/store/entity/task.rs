@@ -20,6 +20,8 @@ pub struct Model {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub due_at: Option<i64>,
+    pub pushed_at: Option<i64>,
+    pub timeout_minutes: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,387 @@
+//! The rollout engine (SPEC R1–R9, R13, G2; DESIGN §3–§6): on every tick of the [`Clock`] it
+//! begins scheduled rollouts, ends those whose end passed, fires due timers (device timeout,
+//! retry), releases what each running rollout's schedule, rate and concurrency allow and
+//! pushes it through the device gateway; device reports come up over a channel and are
+//! applied in batches. Everything it decides from is in the database (rate state, logical
+//! time, deadlines), so a restart continues exactly where the last tick stopped.
+//!
+//! [`Clock`]: crate::clock::Clock
+
+use crate::clock::{Millis, SharedClock};
+use crate::config::SchedulerConfig;
+use crate::dispatch::events::{FirmwarePush, Uplink};
+use crate::dispatch::gateway::{DeviceGateway, DeviceIdentity};
+use crate::dispatch::router::{encode_push, DeviceEvent, DeviceEventKind};
+use crate::dispatch::{alink, enos};
+use crate::domain::*;
+use crate::firmware::Firmware;
+use crate::metrics::Metrics;
+use crate::store::{ActiveRollout, PushTarget, Store, StoreError, TaskReport};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What one tick did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub begun: usize,
+    pub released: u64,
+    pub pushed: u64,
+    pub timed_out: u64,
+    pub retried: u64,
+    pub ended_tasks: u64,
+    pub completed: usize,
+}
+
+pub struct Scheduler {
+    store: Store,
+    clock: SharedClock,
+    gateway: Arc<dyn DeviceGateway>,
+    firmware: Firmware,
+    public_url: String,
+    metrics: Arc<Metrics>,
+    cfg: SchedulerConfig,
+    /// One tick at a time: ticks read and then write each rollout's rate state.
+    ticking: tokio::sync::Mutex<()>,
+    push_ids: AtomicU64,
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        gateway: Arc<dyn DeviceGateway>,
+        firmware: Firmware,
+        public_url: String,
+        metrics: Arc<Metrics>,
+        cfg: SchedulerConfig,
+    ) -> Self {
+        let seed = u64::try_from(clock.now_millis()).unwrap_or(0) % 1_000_000_000;
+        Self {
+            store,
+            clock,
+            gateway,
+            firmware,
+            public_url,
+            metrics,
+            cfg,
+            ticking: tokio::sync::Mutex::new(()),
+            push_ids: AtomicU64::new(seed),
+        }
+    }
+
+    pub fn tick_ms(&self) -> Millis {
+        i64::try_from(self.cfg.tick_ms).unwrap_or(1000)
+    }
+
+    /// Ticks on the system clock until the process ends; a failing tick is logged and the
+    /// next one tries again.
+    pub async fn run_ticks(self: Arc<Self>) {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(self.cfg.tick_ms));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "rollout engine tick failed; the next tick retries");
+            }
+        }
+    }
+
+    /// Moves a manual clock forward by `total_ms`, one tick's length at a time, running the
+    /// engine after each step exactly as the system clock would; returns the ticks run.
+    pub async fn advance(
+        &self,
+        clock: &crate::clock::ManualClock,
+        total_ms: u64,
+    ) -> Result<u64, SchedulerError> {
+        let mut left = total_ms;
+        let mut ticks = 0;
+        while left > 0 {
+            let step = left.min(self.cfg.tick_ms);
+            clock.advance(std::time::Duration::from_millis(step));
+            left -= step;
+            self.tick().await?;
+            ticks += 1;
+        }
+        Ok(ticks)
+    }
+
+    /// One tick at the clock's current time.
+    pub async fn tick(&self) -> Result<TickReport, SchedulerError> {
+        let _one = self.ticking.lock().await;
+        let now = self.clock.now_millis();
+        let mut rep = TickReport {
+            begun: self.store.begin_due_rollouts(now).await?.len(),
+            ..Default::default()
+        };
+        let (timed_out, retried) = self.store.expire_timers(now).await?;
+        rep.timed_out = timed_out;
+        rep.retried = retried;
+        for a in self.store.active_rollouts().await? {
+            match self.release(&a, now).await {
+                Ok((released, pushed)) => {
+                    rep.released += released;
+                    rep.pushed += pushed;
+                }
+                // one rollout's failure does not stop the others
+                Err(e) => tracing::warn!(rollout = %a.rollout.id, error = %e, "releasing failed"),
+            }
+        }
+        // after the release, so the allowance of the last moment before the end is used
+        rep.ended_tasks = self.store.end_due_rollouts(now).await?;
+        rep.completed = self.store.complete_finished_rollouts(now).await?.len();
+        Ok(rep)
+    }
+
+    /// Releases and pushes what one rollout may now; returns (released, pushed).
+    async fn release(&self, a: &ActiveRollout, now: Millis) -> Result<(u64, u64), SchedulerError> {
+        let r = &a.rollout;
+        let since = a.ticked_at.or(r.started_at).unwrap_or(now).min(now);
+        let mut rate = a.rate;
+        let window = r.spec.schedule.push_time_between(since, now);
+        let pushing = r.state == RolloutState::Running
+            && r.spec.push_mode == PushMode::Push
+            && (window > 0 || r.spec.schedule.allows_push(now));
+        if !pushing {
+            // no allowance accrues while paused, pulling only, or outside the window
+            self.store.save_rate(r.id, rate.as_ref(), now).await?;
+            return Ok((0, 0));
+        }
+        let cap = self.cfg.max_release_per_tick;
+        let room = match r.spec.max_concurrency {
+            Some(limit) => {
+                u64::from(limit).saturating_sub(self.store.concurrency_used(r.id).await?)
+            }
+            None => cap,
+        }
+        .min(cap);
+        let available = if room == 0 {
+            0
+        } else {
+            self.store.waiting_tasks(r.id, room).await?
+        };
+        let n = match (&mut rate, &r.spec.rate) {
+            (Some(state), Some(spec)) => {
+                state.release(spec, window, available, a.succeeded_total, self.tick_ms())
+            }
+            _ => available,
+        };
+        let (released, targets) = self.store.release_tasks(r.tenant_id, r.id, n, now).await?;
+        if released < n {
+            if let Some(state) = &mut rate {
+                state.refund(n - released);
+            }
+        }
+        self.store.save_rate(r.id, rate.as_ref(), now).await?;
+        let pushed = self.push_all(targets, now).await;
+        Ok((released, pushed))
+    }
+
+    /// The push of one rollout's package, with a download URL signed now.
+    async fn firmware_push(&self, rollout: RolloutId, now: Millis) -> Option<FirmwarePush> {
+        let found = async {
+            let r = self.store.rollout_any_tenant(rollout).await?;
+            let pkg = self.store.get_package(r.tenant_id, r.package_id).await?;
+            let files = self.store.package_files(r.tenant_id, r.package_id).await?;
+            Ok::<_, StoreError>((r, pkg, files))
+        }
+        .await;
+        let (r, pkg, files) = match found {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%rollout, error = %e, "the rollout's package could not be read");
+                return None;
+            }
+        };
+        let Some(file) = files.first() else {
+            tracing::warn!(%rollout, "the rollout's package has no file; nothing to push");
+            return None;
+        };
+        Some(FirmwarePush {
+            module: pkg.module.clone(),
+            version: pkg.version.clone(),
+            url: self.firmware.url_for(&self.public_url, file.id, now),
+            size: file.size,
+            sign_method: pkg.sign_method,
+            sign: match pkg.sign_method {
+                SignMethod::Md5 => file.md5.clone(),
+                SignMethod::Sha256 => file.sha256.clone(),
+            },
+            is_diff: pkg.kind == PackageKind::Diff,
+            ext_data: r.spec.tags.clone(),
+        })
+    }
+
+    /// Encodes and publishes pushes; returns how many went out.
+    async fn push_all(&self, targets: Vec<PushTarget>, now: Millis) -> u64 {
+        let mut pushes: HashMap<i64, Option<FirmwarePush>> = HashMap::new();
+        let mut sent = 0;
+        for t in targets {
+            if !pushes.contains_key(&t.rollout_id) {
+                let p = self.firmware_push(RolloutId(t.rollout_id), now).await;
+                pushes.insert(t.rollout_id, p);
+            }
+            let Some(Some(push)) = pushes.get(&t.rollout_id) else {
+                continue;
+            };
+            if self.push_one(&t, push).await {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    async fn push_one(&self, t: &PushTarget, push: &FirmwarePush) -> bool {
+        let Some(protocol) = Protocol::parse(&t.protocol) else {
+            return false;
+        };
+        let device = DeviceIdentity {
+            product_key: t.product_key.clone(),
+            device: t.device_name.clone(),
+        };
+        let id = self.push_ids.fetch_add(1, Ordering::Relaxed);
+        match encode_push(protocol, &device, push, id) {
+            Ok(d) => match self.gateway.publish(&d.topic, d.payload.into()).await {
+                Ok(()) => {
+                    self.metrics.pushes.inc();
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %d.topic, error = %e, "publishing a push failed");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "a push could not be encoded");
+                false
+            }
+        }
+    }
+
+    /// Applies device events in batches until the router stops sending them: reports move
+    /// tasks (one transaction per batch), connecting devices get what they are owed, pulls
+    /// are answered.
+    pub async fn run_events(self: Arc<Self>, mut events: mpsc::Receiver<DeviceEvent>) {
+        let max = self.cfg.event_batch.max(1);
+        let mut batch = Vec::with_capacity(max);
+        while events.recv_many(&mut batch, max).await > 0 {
+            if let Err(e) = self.apply_events(&batch).await {
+                tracing::warn!(error = %e, events = batch.len(), "applying device reports failed");
+            }
+            batch.clear();
+        }
+    }
+
+    /// Applies one batch of device events.
+    pub async fn apply_events(&self, batch: &[DeviceEvent]) -> Result<(), SchedulerError> {
+        let now = self.clock.now_millis();
+        let mut reports = Vec::new();
+        let mut connected = Vec::new();
+        let mut informed = Vec::new();
+        let mut asks = Vec::new();
+        for ev in batch {
+            match &ev.kind {
+                DeviceEventKind::Connected => connected.push(ev.device),
+                DeviceEventKind::Disconnected => {}
+                DeviceEventKind::Message(m) => match m {
+                    Uplink::Inform { module, version } => {
+                        informed.push(ev.device);
+                        reports.push((
+                            ev.device,
+                            TaskReport::Version {
+                                module: module.clone(),
+                                version: version.clone(),
+                            },
+                        ));
+                    }
+                    Uplink::Progress { module, step, desc } => reports.push((
+                        ev.device,
+                        if *step >= 0 {
+                            TaskReport::Progress {
+                                module: module.clone(),
+                                percent: (*step).min(100),
+                                desc: desc.clone(),
+                            }
+                        } else {
+                            TaskReport::Failure {
+                                module: module.clone(),
+                                step: *step,
+                                desc: desc.clone(),
+                            }
+                        },
+                    )),
+                    Uplink::Pull { .. } | Uplink::GetVersion => asks.push(ev),
+                    Uplink::UpgradeReply { .. } => {}
+                },
+            }
+        }
+        self.store.apply_reports(&reports, now).await?;
+        if !connected.is_empty() {
+            let owed = self.store.owed_pushes(&connected, true, now).await?;
+            self.push_all(owed, now).await;
+        }
+        if !informed.is_empty() {
+            let owed = self.store.owed_pushes(&informed, false, now).await?;
+            self.push_all(owed, now).await;
+        }
+        for ev in asks {
+            self.answer(ev, now).await?;
+        }
+        Ok(())
+    }
+
+    /// R3: a device asks for its update (Link Kit `firmware/get`, EnOS `ota.request`) or for
+    /// the versions it may take (EnOS `getversion`).
+    async fn answer(&self, ev: &DeviceEvent, now: Millis) -> Result<(), SchedulerError> {
+        let DeviceEventKind::Message(m) = &ev.kind else {
+            return Ok(());
+        };
+        let module = match m {
+            Uplink::Pull { module } => module.clone(),
+            _ => None,
+        }
+        .unwrap_or_else(ModuleName::default_module);
+        let task = self.store.pull_task(ev.device, &module, now).await?;
+        let push = match &task {
+            Some(t) => self.firmware_push(RolloutId(t.rollout_id), now).await,
+            None => None,
+        };
+        let (pk, dn) = (
+            ev.identity.product_key.as_str(),
+            ev.identity.device.as_str(),
+        );
+        let reply = match (m, ev.protocol) {
+            (Uplink::Pull { .. }, Protocol::Alink) => {
+                alink::encode_get_reply(pk, dn, ev.request_id.as_ref(), push.as_ref())
+            }
+            (Uplink::GetVersion, Protocol::Enos) => match &ev.request_id {
+                Some(rid) => enos::encode_getversion_reply(pk, dn, rid, push.as_slice()),
+                None => return Ok(()),
+            },
+            // EnOS "Device Request Upgrade": acknowledged by the router; the answer is a push
+            (Uplink::Pull { .. }, Protocol::Enos) => {
+                if let (Some(t), Some(p)) = (&task, &push) {
+                    self.push_one(t, p).await;
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        match reply {
+            Ok(d) => {
+                if let Err(e) = self.gateway.publish(&d.topic, d.payload.into()).await {
+                    tracing::warn!(topic = %d.topic, error = %e, "answering a device failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "encoding an answer failed"),
+        }
+        Ok(())
+    }
+}

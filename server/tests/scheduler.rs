@@ -1,0 +1,724 @@
+//! The rollout engine in simulated time, through the HTTP API, on SQLite and PostgreSQL:
+//! the seed's worked example of the variable rate, constant-rate limits, concurrency,
+//! retries, device timeouts, pause and resume, schedule start and end, daily windows, pull
+//! mode and success by version report. Time moves only through `POST /v1/clock/advance`
+//! (the manual clock); device reports enter the engine as the router hands them up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use common::*;
+use ota_server::dispatch::gateway::DeviceIdentity;
+use ota_server::dispatch::router::{DeviceEvent, DeviceEventKind};
+use ota_server::dispatch::Uplink;
+use ota_server::domain::{DeviceId, ModuleName, Protocol, TenantId, Version};
+use sea_orm::ConnectionTrait;
+use serde_json::{json, Value};
+
+db_tests!(
+    the_seed_worked_example_counted_on_pushes,
+    variable_rate_counted_on_successes,
+    constant_rate_limits_are_exact,
+    concurrency_counts_pending_and_pushed_only,
+    retries_after_the_interval_up_to_the_count,
+    timeout_from_first_progress_not_restarted_and_not_retried_unless_opted_in,
+    pause_stops_pushes_and_timers_of_unstarted_tasks_stand_still,
+    scheduled_start_and_end_cancel_unpushed_tasks,
+    daily_repeat_pushes_only_inside_the_window,
+    pull_mode_and_offline_devices,
+    success_only_by_version_report_and_verification_marks_the_package,
+);
+
+struct Fleet {
+    product_key: String,
+    package: i64,
+    /// Device ids by name index (`d00000`, …).
+    devices: Vec<i64>,
+}
+
+async fn post<S, B>(app: &S, key: &str, path: &str, body: Value) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    call(app, Some(key), "POST", path, Some(body)).await
+}
+
+/// A product with `n` devices (all online when `online`) and a package 2.0.0 with a file,
+/// marked no_need (or left unverified when `verified` is false).
+async fn fleet<S, B>(e: &EngineCtx, app: &S, n: usize, online: bool, verified: bool) -> Fleet
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let key = e.t.admin.as_str();
+    let r = post(
+        app,
+        key,
+        "/v1/products",
+        json!({"name": "meter", "protocol": "alink"}),
+    )
+    .await;
+    r.expect(201);
+    let product = r.json()["id"].as_i64().unwrap();
+    let product_key = r.json()["product_key"].as_str().unwrap().to_owned();
+    let names: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    import_names(app, key, product, &refs).await;
+    let r = post(
+        app,
+        key,
+        &format!("/v1/products/{product}/packages"),
+        json!({"version": "2.0.0", "sign_method": "md5"}),
+    )
+    .await;
+    r.expect(201);
+    let package = r.json()["id"].as_i64().unwrap();
+    call_raw(
+        app,
+        Some(key),
+        "PUT",
+        &format!("/v1/packages/{package}/files/fw.bin"),
+        "application/octet-stream",
+        vec![7u8; 1024],
+    )
+    .await
+    .expect(201);
+    if verified {
+        call(
+            app,
+            Some(key),
+            "PATCH",
+            &format!("/v1/packages/{package}"),
+            Some(json!({"status": "no_need"})),
+        )
+        .await
+        .expect(200);
+    }
+    let db = e.t.store.raw_connection();
+    if online {
+        db.execute_unprepared(&format!(
+            "UPDATE device SET online = true WHERE product_id = {product}"
+        ))
+        .await
+        .unwrap();
+    }
+    let rows = db
+        .query_all(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT id FROM device WHERE product_id = {product} ORDER BY name"),
+        ))
+        .await
+        .unwrap();
+    let devices = rows
+        .iter()
+        .map(|r| r.try_get::<i64>("", "id").unwrap())
+        .collect();
+    Fleet {
+        product_key,
+        package,
+        devices,
+    }
+}
+
+async fn create<S, B>(app: &S, key: &str, package: i64, body: Value) -> i64
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = post(app, key, &format!("/v1/packages/{package}/rollouts"), body).await;
+    r.expect(201);
+    r.json()["id"].as_i64().unwrap()
+}
+
+async fn advance<S, B>(app: &S, key: &str, seconds: u64)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    post(app, key, "/v1/clock/advance", json!({ "seconds": seconds }))
+        .await
+        .expect(200);
+}
+
+/// The rollout with its counts.
+async fn rollout<S, B>(app: &S, key: &str, id: i64) -> Value
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = call(app, Some(key), "GET", &format!("/v1/rollouts/{id}"), None).await;
+    r.expect(200);
+    r.json()
+}
+
+async fn count<S, B>(app: &S, key: &str, id: i64, state: &str) -> u64
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    rollout(app, key, id).await["counts"][state]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Tasks pushed at least once: pushed now, or moved on from there.
+async fn pushed_total<S, B>(app: &S, key: &str, id: i64) -> u64
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let c = &rollout(app, key, id).await["counts"];
+    ["pushed", "in_progress", "succeeded", "failed", "rejected"]
+        .iter()
+        .map(|s| c[s].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A device report as the router hands it up.
+fn report(f: &Fleet, i: usize, kind: DeviceEventKind) -> DeviceEvent {
+    DeviceEvent {
+        tenant: TenantId(0),
+        device: DeviceId(f.devices[i]),
+        identity: DeviceIdentity {
+            product_key: f.product_key.clone(),
+            device: format!("d{i:05}"),
+        },
+        protocol: Protocol::Alink,
+        at: 0,
+        kind,
+        request_id: None,
+    }
+}
+
+fn progress(f: &Fleet, i: usize, step: i32) -> DeviceEvent {
+    report(
+        f,
+        i,
+        DeviceEventKind::Message(Uplink::Progress {
+            module: None,
+            step,
+            desc: format!("step {step}"),
+        }),
+    )
+}
+
+fn inform(f: &Fleet, i: usize, version: &str) -> DeviceEvent {
+    report(
+        f,
+        i,
+        DeviceEventKind::Message(Uplink::Inform {
+            module: ModuleName::default_module(),
+            version: Version::parse("version", version).unwrap(),
+        }),
+    )
+}
+
+/// A task's columns, read directly.
+async fn task_row(
+    e: &EngineCtx,
+    rollout: i64,
+    device: i64,
+) -> (String, i32, Option<i64>, Option<String>) {
+    let db = e.t.store.raw_connection();
+    let r = db
+        .query_one(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT state, retries, due_at, failure_reason FROM task WHERE rollout_id = {rollout} AND device_id = {device}"
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        r.try_get("", "state").unwrap(),
+        r.try_get("", "retries").unwrap(),
+        r.try_get("", "due_at").unwrap(),
+        r.try_get("", "failure_reason").unwrap(),
+    )
+}
+
+// SPEC R5: the seed's worked example through the API in simulated time: base 50, factor 2,
+// max 10,000, threshold 1,000 pushed, 20,000 online devices. Cumulative pushes reach 1,000
+// at minute 20, 2,000 at 30, 3,000 at 35, 4,000 at 37.5, then 10,000 per minute.
+async fn the_seed_worked_example_counted_on_pushes(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 20_000, true, true).await;
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "variable", "base": 50, "factor": 2.0,
+               "max": 10000, "threshold": 1000, "count_on": "pushed"}}),
+    )
+    .await;
+    let mut at = 0u64;
+    for (sec, want) in [
+        (60, 50),
+        (1_199, 999),
+        (1_200, 1_000),
+        (1_799, 1_998),
+        (1_800, 2_000),
+        (2_100, 3_000),
+        (2_249, 3_993),
+        (2_250, 4_000),
+        (2_325, 5_000),
+    ] {
+        advance(&app, key, sec - at).await;
+        at = sec;
+        assert_eq!(pushed_total(&app, key, id).await, want, "at second {sec}");
+    }
+    // 800 → 1,600 → 3,200 → 6,400 → capped at 10,000 per minute from 8,000 pushes on
+    advance(&app, key, 2_400 - at).await;
+    let before = pushed_total(&app, key, id).await;
+    assert!(before > 8_000, "{before}");
+    advance(&app, key, 60).await;
+    assert_eq!(pushed_total(&app, key, id).await - before, 10_000);
+}
+
+// Part of R5: the threshold counted on succeeded devices (the rate grows only when devices
+// report the target version).
+async fn variable_rate_counted_on_successes(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 2_000, true, true).await;
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "variable", "base": 60, "factor": 2.0,
+               "max": 10000, "threshold": 100, "count_on": "succeeded"}}),
+    )
+    .await;
+    advance(&app, key, 180).await;
+    assert_eq!(
+        pushed_total(&app, key, id).await,
+        180,
+        "no successes: 60 a minute"
+    );
+    let events: Vec<DeviceEvent> = (0..100).map(|i| inform(&f, i, "2.0.0")).collect();
+    e.engine.apply_events(&events).await.unwrap();
+    assert_eq!(count(&app, key, id, "succeeded").await, 100);
+    advance(&app, key, 60).await;
+    assert_eq!(
+        pushed_total(&app, key, id).await,
+        180 + 120,
+        "100 successes: 120 a minute"
+    );
+}
+
+// SPEC R4: a constant rate at both limits, exact.
+async fn constant_rate_limits_are_exact(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let slow = fleet(&e, &app, 100, true, true).await;
+    let fast = fleet(&e, &app, 20_000, true, true).await;
+    let s = create(
+        &app,
+        key,
+        slow.package,
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": 10}}),
+    )
+    .await;
+    let q = create(
+        &app,
+        key,
+        fast.package,
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": 10000}}),
+    )
+    .await;
+    advance(&app, key, 5).await;
+    assert_eq!(
+        pushed_total(&app, key, s).await,
+        0,
+        "10 a minute: none before 6 s"
+    );
+    advance(&app, key, 1).await;
+    assert_eq!(pushed_total(&app, key, s).await, 1);
+    advance(&app, key, 54).await;
+    assert_eq!(pushed_total(&app, key, s).await, 10);
+    assert_eq!(pushed_total(&app, key, q).await, 10_000);
+    advance(&app, key, 30).await;
+    assert_eq!(pushed_total(&app, key, s).await, 15);
+    assert_eq!(pushed_total(&app, key, q).await, 15_000);
+    // out of range rates are refused, naming the field
+    for bad in [9, 10_001] {
+        let r = post(
+            &app,
+            key,
+            &format!("/v1/packages/{}/rollouts", slow.package),
+            json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": bad}}),
+        )
+        .await;
+        r.expect(400);
+        assert_eq!(r.json()["field"], "rate.per_minute");
+    }
+}
+
+// SPEC R7: at most N tasks pending or pushed; in-progress tasks do not count.
+async fn concurrency_counts_pending_and_pushed_only(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 20, true, true).await;
+    // two devices offline: their released tasks wait as pending and still count
+    let db = e.t.store.raw_connection();
+    db.execute_unprepared(&format!(
+        "UPDATE device SET online = false WHERE id IN ({}, {})",
+        f.devices[0], f.devices[1]
+    ))
+    .await
+    .unwrap();
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "max_concurrency": 5}),
+    )
+    .await;
+    advance(&app, key, 1).await;
+    let r = rollout(&app, key, id).await;
+    assert_eq!(r["counts"]["pending"], 2);
+    assert_eq!(r["counts"]["pushed"], 3);
+    advance(&app, key, 10).await;
+    assert_eq!(
+        count(&app, key, id, "waiting").await,
+        15,
+        "nothing more while full"
+    );
+    // three devices start: in progress no longer counts, three more are released
+    let ev: Vec<DeviceEvent> = (2..5).map(|i| progress(&f, i, 10)).collect();
+    e.engine.apply_events(&ev).await.unwrap();
+    advance(&app, key, 1).await;
+    let r = rollout(&app, key, id).await;
+    assert_eq!(r["counts"]["in_progress"], 3);
+    assert_eq!(r["counts"]["pending"], 2);
+    assert_eq!(r["counts"]["pushed"], 3);
+    assert_eq!(r["counts"]["waiting"], 12);
+}
+
+// SPEC R8: a failed task is retried after the interval, at most the given count; then it
+// stays failed and the rollout completes.
+async fn retries_after_the_interval_up_to_the_count(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 1, true, true).await;
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "retry": {"interval_minutes": 10, "max_retries": 2},
+               "timeout_minutes": 30}),
+    )
+    .await;
+    let dev = f.devices[0];
+    for round in 0..3 {
+        advance(&app, key, 1).await;
+        assert_eq!(task_row(&e, id, dev).await.0, "pushed", "round {round}");
+        e.engine.apply_events(&[progress(&f, 0, -2)]).await.unwrap();
+        let (state, retries, due, reason) = task_row(&e, id, dev).await;
+        assert_eq!((state.as_str(), retries), ("failed", round));
+        assert_eq!(reason.as_deref(), Some("download_failed"));
+        if round < 2 {
+            assert!(due.is_some(), "a retry is due");
+            advance(&app, key, 599).await;
+            assert_eq!(
+                task_row(&e, id, dev).await.0,
+                "failed",
+                "not before 10 minutes"
+            );
+        } else {
+            assert!(due.is_none(), "no retries left");
+        }
+    }
+    advance(&app, key, 1).await;
+    assert_eq!(rollout(&app, key, id).await["state"], "completed");
+    // the retry interval must be shorter than the timeout
+    let other = fleet(&e, &app, 1, true, true).await;
+    let r = post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/rollouts", other.package),
+        json!({"scope": {"kind": "all"}, "retry": {"interval_minutes": 60, "max_retries": 1},
+               "timeout_minutes": 30}),
+    )
+    .await;
+    r.expect(400);
+}
+
+// SPEC R9: the timeout counts from the first progress report, a re-push on reconnect does
+// not restart it, a timed-out task fails with reason `timeout` and is not retried unless
+// the rollout opts in.
+async fn timeout_from_first_progress_not_restarted_and_not_retried_unless_opted_in(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let a = fleet(&e, &app, 1, true, true).await;
+    let b = fleet(&e, &app, 1, true, true).await;
+    let plain = create(
+        &app,
+        key,
+        a.package,
+        json!({"scope": {"kind": "all"}, "timeout_minutes": 5,
+               "retry": {"interval_minutes": 0, "max_retries": 1}}),
+    )
+    .await;
+    let opted = create(
+        &app,
+        key,
+        b.package,
+        json!({"scope": {"kind": "all"}, "timeout_minutes": 5, "retry_timeouts": true,
+               "retry": {"interval_minutes": 0, "max_retries": 1}}),
+    )
+    .await;
+    advance(&app, key, 1).await;
+    // pushed long before the first progress: the clock has not started
+    advance(&app, key, 600).await;
+    assert_eq!(task_row(&e, plain, a.devices[0]).await.0, "pushed");
+    e.engine
+        .apply_events(&[progress(&a, 0, 10), progress(&b, 0, 10)])
+        .await
+        .unwrap();
+    advance(&app, key, 180).await;
+    // reconnect (re-push) and more progress do not restart it
+    e.engine
+        .apply_events(&[
+            report(&a, 0, DeviceEventKind::Connected),
+            progress(&a, 0, 50),
+            progress(&b, 0, 50),
+        ])
+        .await
+        .unwrap();
+    advance(&app, key, 119).await;
+    assert_eq!(task_row(&e, plain, a.devices[0]).await.0, "in_progress");
+    advance(&app, key, 1).await;
+    let (state, _, due, reason) = task_row(&e, plain, a.devices[0]).await;
+    assert_eq!(
+        (state.as_str(), reason.as_deref()),
+        ("failed", Some("timeout"))
+    );
+    assert!(due.is_none(), "not retried");
+    // opted in, with a retry at once: in the same tick it failed, went back to waiting
+    // and was released and pushed again
+    let (state, retries, _, _) = task_row(&e, opted, b.devices[0]).await;
+    assert_eq!(
+        (state.as_str(), retries),
+        ("pushed", 1),
+        "retried at once and pushed"
+    );
+}
+
+// SPEC G2: a paused rollout pushes nothing and the timers of its not-yet-started tasks (a
+// retry waiting for its interval) stand still until it resumes.
+async fn pause_stops_pushes_and_timers_of_unstarted_tasks_stand_still(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 100, true, true).await;
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": 60},
+               "retry": {"interval_minutes": 10, "max_retries": 1}, "timeout_minutes": 60}),
+    )
+    .await;
+    advance(&app, key, 2).await;
+    assert_eq!(pushed_total(&app, key, id).await, 2);
+    e.engine.apply_events(&[progress(&f, 0, -1)]).await.unwrap();
+    advance(&app, key, 60).await; // retry due 10 minutes after the failure
+    post(&app, key, &format!("/v1/rollouts/{id}/pause"), json!({}))
+        .await
+        .expect(200);
+    let paused_at = pushed_total(&app, key, id).await;
+    advance(&app, key, 3_600).await;
+    assert_eq!(
+        pushed_total(&app, key, id).await,
+        paused_at,
+        "nothing pushed while paused"
+    );
+    assert_eq!(task_row(&e, id, f.devices[0]).await.0, "failed");
+    post(&app, key, &format!("/v1/rollouts/{id}/resume"), json!({}))
+        .await
+        .expect(200);
+    // no allowance accrued while paused: one a second from the resume, not an hour's worth
+    advance(&app, key, 1).await;
+    assert_eq!(pushed_total(&app, key, id).await, paused_at + 1);
+    // the retry had 9 minutes to go when paused; after the hour it still has 9
+    advance(&app, key, 538).await;
+    assert_eq!(task_row(&e, id, f.devices[0]).await.0, "failed");
+    advance(&app, key, 1).await;
+    let (state, retries, _, _) = task_row(&e, id, f.devices[0]).await;
+    assert_ne!(state, "failed");
+    assert_eq!(retries, 1);
+}
+
+// SPEC R1: a scheduled start pushes nothing before its time; at the end, tasks not yet
+// pushed are cancelled.
+async fn scheduled_start_and_end_cancel_unpushed_tasks(db: Db) {
+    // ten-second ticks: the allowance is clipped to the start and end exactly either way
+    let e = EngineCtx::with_config(db, |c| c.scheduler.tick_ms = 10_000).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 1_000, true, true).await;
+    let start = ota_server::clock::rfc3339(T0 + 600_000);
+    let end = ota_server::clock::rfc3339(T0 + 600_000 + 3_600_000);
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": 10},
+               "schedule": {"start_at": start, "end_at": end}}),
+    )
+    .await;
+    assert_eq!(rollout(&app, key, id).await["state"], "scheduled");
+    advance(&app, key, 599).await;
+    assert_eq!(pushed_total(&app, key, id).await, 0);
+    assert_eq!(rollout(&app, key, id).await["state"], "scheduled");
+    advance(&app, key, 1).await; // a tick at the start itself
+    assert_eq!(rollout(&app, key, id).await["state"], "running");
+    advance(&app, key, 3_600).await;
+    let r = rollout(&app, key, id).await;
+    assert_eq!(r["counts"]["pushed"], 600, "10 a minute for an hour");
+    assert_eq!(r["counts"]["cancelled"], 400, "the rest was never pushed");
+    assert_eq!(r["counts"]["waiting"].as_u64().unwrap_or(0), 0);
+}
+
+// SPEC R2: with a daily repeat the rollout pushes only inside the start..end time of day,
+// every day.
+async fn daily_repeat_pushes_only_inside_the_window(db: Db) {
+    // minute ticks over a day and more: the window clips the allowance exactly
+    let e = EngineCtx::with_config(db, |c| c.scheduler.tick_ms = 60_000).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 1_000, true, true).await;
+    // T0 is 2026-11-18 (UTC); a window from one hour ahead, one hour long
+    let start = T0 + 3_600_000;
+    let end = start + 3_600_000;
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": 10},
+               "schedule": {"start_at": ota_server::clock::rfc3339(start),
+                            "end_at": ota_server::clock::rfc3339(end), "daily_repeat": true}}),
+    )
+    .await;
+    advance(&app, key, 3_600).await;
+    assert_eq!(pushed_total(&app, key, id).await, 0);
+    advance(&app, key, 3_600).await;
+    assert_eq!(
+        pushed_total(&app, key, id).await,
+        600,
+        "one window of an hour"
+    );
+    advance(&app, key, 23 * 3_600 - 1).await;
+    assert_eq!(
+        pushed_total(&app, key, id).await,
+        600,
+        "closed until the next day"
+    );
+    assert_eq!(
+        rollout(&app, key, id).await["state"],
+        "running",
+        "the end only closes the day's window"
+    );
+    advance(&app, key, 1 + 1_800).await;
+    assert_eq!(pushed_total(&app, key, id).await, 900);
+}
+
+// SPEC R3: in pull mode nothing is pushed unasked and a device that asks gets its task at
+// once; an offline device's released task waits as pending and is pushed when it connects.
+async fn pull_mode_and_offline_devices(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 3, false, true).await;
+    let g = fleet(&e, &app, 2, false, true).await;
+    let pull = create(
+        &app,
+        key,
+        f.package,
+        json!({"scope": {"kind": "all"}, "push_mode": "pull", "max_concurrency": 1}),
+    )
+    .await;
+    let push = create(&app, key, g.package, json!({"scope": {"kind": "all"}})).await;
+    advance(&app, key, 60).await;
+    assert_eq!(
+        count(&app, key, pull, "waiting").await,
+        3,
+        "pull: nothing pushed unasked"
+    );
+    assert_eq!(
+        count(&app, key, push, "pending").await,
+        2,
+        "offline: released, not pushed"
+    );
+    let ask = |i| {
+        report(
+            &f,
+            i,
+            DeviceEventKind::Message(Uplink::Pull { module: None }),
+        )
+    };
+    e.engine.apply_events(&[ask(0)]).await.unwrap();
+    assert_eq!(task_row(&e, pull, f.devices[0]).await.0, "pushed");
+    // the concurrency limit holds for asking devices too
+    e.engine.apply_events(&[ask(1)]).await.unwrap();
+    assert_eq!(task_row(&e, pull, f.devices[1]).await.0, "waiting");
+    e.engine
+        .apply_events(&[report(&g, 1, DeviceEventKind::Connected)])
+        .await
+        .unwrap();
+    assert_eq!(task_row(&e, push, g.devices[1]).await.0, "pushed");
+    assert_eq!(task_row(&e, push, g.devices[0]).await.0, "pending");
+}
+
+// Progress 100 alone is not success; the version report is (V1). A verification rollout
+// whose devices all succeed marks its package verified (P2 / issue: rollouts and tasks).
+async fn success_only_by_version_report_and_verification_marks_the_package(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 2, true, false).await;
+    let id = create(&app, key, f.package, json!({"scope": {"kind": "all"}})).await;
+    assert_eq!(rollout(&app, key, id).await["type"], "verification");
+    advance(&app, key, 1).await;
+    e.engine
+        .apply_events(&[progress(&f, 0, 100), progress(&f, 1, 100)])
+        .await
+        .unwrap();
+    assert_eq!(count(&app, key, id, "in_progress").await, 2);
+    e.engine
+        .apply_events(&[inform(&f, 0, "1.0.0"), inform(&f, 1, "2.0.0")])
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&app, key, id, "succeeded").await,
+        1,
+        "only the target version"
+    );
+    e.engine
+        .apply_events(&[inform(&f, 0, "2.0.0"), inform(&f, 0, "2.0.0")])
+        .await
+        .unwrap();
+    assert_eq!(count(&app, key, id, "succeeded").await, 2);
+    advance(&app, key, 1).await;
+    assert_eq!(rollout(&app, key, id).await["state"], "completed");
+    let p = call(
+        &app,
+        Some(key),
+        "GET",
+        &format!("/v1/packages/{}", f.package),
+        None,
+    )
+    .await;
+    assert_eq!(p.json()["status"], "verified");
+}
