@@ -88,10 +88,11 @@ pub struct Gateway {
 }
 
 /// Starts the embedded broker and the uplink router. `offers` answers what a device should
-/// be offered; `up` receives device events (the rollout engine).
+/// be offered; `None` leaves it to the rollout engine listening on `up`, which then answers
+/// pulls too. `up` receives device events.
 pub async fn start_gateway(
     state: &AppState,
-    offers: Arc<dyn Offers>,
+    offers: Option<Arc<dyn Offers>>,
     up: Option<mpsc::Sender<DeviceEvent>>,
 ) -> Result<Gateway, AppError> {
     let cfg = &state.config.mqtt;
@@ -174,10 +175,13 @@ pub async fn start_gateway(
         (broker.clone() as Arc<dyn DeviceGateway>, Some(broker))
     };
     let _ = state.gateway.set(gateway.clone());
+    let engine_answers = offers.is_none() && up.is_some();
+    let offers = offers.unwrap_or_else(|| Arc::new(crate::dispatch::router::NoOffers));
     let router = Arc::new(Router::new(
         state.store.clone(),
         gateway,
         offers,
+        engine_answers,
         state.metrics.clone(),
         state.clock.clone(),
         up,
@@ -243,12 +247,7 @@ pub async fn serve(config: Config, clock: ClockChoice) -> Result<(), AppError> {
     }
     let _gateway = if state.config.mqtt.mode != "off" {
         let (up, events) = mpsc::channel(16_384);
-        let g = start_gateway(
-            &state,
-            Arc::new(crate::dispatch::router::NoOffers),
-            Some(up),
-        )
-        .await?;
+        let g = start_gateway(&state, None, Some(up)).await?;
         if let Some(gw) = state.gateway.get() {
             start_scheduler(&state, gw.clone(), events, clock == ClockChoice::System);
         }

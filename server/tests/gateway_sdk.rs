@@ -164,7 +164,7 @@ impl Fleet {
         .await;
         let offers = Arc::new(MemoryOffers::default());
         let (tx, up) = mpsc::channel(10_000);
-        let gw = start_gateway(&t.state, offers.clone(), Some(tx))
+        let gw = start_gateway(&t.state, Some(offers.clone()), Some(tx))
             .await
             .unwrap();
         // external mode: devices connect to the machine's Mosquitto

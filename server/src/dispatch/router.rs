@@ -127,6 +127,8 @@ pub struct Router {
     pub store: Store,
     pub gateway: Arc<dyn DeviceGateway>,
     pub offers: Arc<dyn Offers>,
+    /// The rollout engine answers pulls and version-list requests (off this loop).
+    engine_answers: bool,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     /// Device messages go up here (the rollout engine); `None` until one listens.
@@ -146,6 +148,7 @@ impl Router {
         store: Store,
         gateway: Arc<dyn DeviceGateway>,
         offers: Arc<dyn Offers>,
+        engine_answers: bool,
         metrics: Arc<Metrics>,
         clock: SharedClock,
         up: Option<mpsc::Sender<DeviceEvent>>,
@@ -154,6 +157,7 @@ impl Router {
         Self {
             gateway,
             offers,
+            engine_answers,
             metrics,
             clock,
             up,
@@ -390,7 +394,7 @@ impl Router {
             }
             // The rollout engine answers what a device asks when it listens (off this loop:
             // the answer needs the database).
-            Uplink::Pull { .. } | Uplink::GetVersion if self.up.is_some() => {
+            Uplink::Pull { .. } | Uplink::GetVersion if self.engine_answers => {
                 self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
             }
             Uplink::Pull { module } => match kind {

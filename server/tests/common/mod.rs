@@ -321,13 +321,9 @@ impl EngineCtx {
         })
         .await;
         let (up, events) = tokio::sync::mpsc::channel(16_384);
-        let gateway = ota_server::app::start_gateway(
-            &t.state,
-            Arc::new(ota_server::dispatch::router::NoOffers),
-            Some(up),
-        )
-        .await
-        .unwrap();
+        let gateway = ota_server::app::start_gateway(&t.state, None, Some(up))
+            .await
+            .unwrap();
         let gw = t.state.gateway.get().unwrap().clone();
         let engine = ota_server::app::start_scheduler(&t.state, gw, events, false);
         let _ = t.state.manual_clock.set(t.clock.clone());

@@ -79,7 +79,7 @@ async fn main() -> Result<()> {
     )
     .await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
-    let gw = start_gateway(&state, Arc::new(NoOffers), Some(tx)).await?;
+    let gw = start_gateway(&state, Some(Arc::new(NoOffers)), Some(tx)).await?;
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let port = gw
         .embedded
