@@ -28,6 +28,7 @@ db_tests!(
     daily_repeat_pushes_only_inside_the_window,
     pull_mode_and_offline_devices,
     success_only_by_version_report_and_verification_marks_the_package,
+    dynamic_rollouts_take_devices_that_come_to_match,
 );
 
 struct Fleet {
@@ -721,4 +722,99 @@ async fn success_only_by_version_report_and_verification_marks_the_package(db: D
     )
     .await;
     assert_eq!(p.json()["status"], "verified");
+}
+
+/// Records a version report as the router does before handing the report up.
+async fn reported(e: &EngineCtx, f: &Fleet, i: usize, version: &str) -> DeviceEvent {
+    let app = e.t.service().await;
+    post(
+        &app,
+        &e.t.admin,
+        &format!("/v1/devices/{}/versions", f.devices[i]),
+        json!({ "version": version }),
+    )
+    .await
+    .expect(200);
+    inform(f, i, version)
+}
+
+// SPEC B1 and B3 (with R12): a dynamic rollout takes a device that is activated later (its
+// first version report) and one whose reported version comes to match, while it runs; a
+// device updated 10 times by it is not taken again; with "only new reports" nothing is taken
+// at creation.
+async fn dynamic_rollouts_take_devices_that_come_to_match(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 4, true, true).await;
+    // d0 runs 1.0.0 before the rollout; d1 runs 0.9.0; d2 and d3 never reported
+    let ev = vec![
+        reported(&e, &f, 0, "1.0.0").await,
+        reported(&e, &f, 1, "0.9.0").await,
+    ];
+    e.engine.apply_events(&ev).await.unwrap();
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"method": "dynamic", "scope": {"kind": "all"}, "source_versions": ["1.0.0"]}),
+    )
+    .await;
+    assert_eq!(
+        rollout(&app, key, id).await["tasks_created"],
+        1,
+        "d0 at creation"
+    );
+    // d2 activates on 1.0.0, d1 comes to run 1.0.0: both join; d3 on 0.8.0 does not
+    let ev = vec![
+        reported(&e, &f, 2, "1.0.0").await,
+        reported(&e, &f, 1, "1.0.0").await,
+        reported(&e, &f, 3, "0.8.0").await,
+    ];
+    e.engine.apply_events(&ev).await.unwrap();
+    let r = rollout(&app, key, id).await;
+    assert_eq!(r["tasks_created"], 3);
+    assert_eq!(r["counts"]["waiting"], 3, "no tick yet: d0 waits too");
+    advance(&app, key, 1).await;
+    assert_eq!(count(&app, key, id, "pushed").await, 3);
+    // B3: d0 is updated, then goes back to 1.0.0, over and over: 10 updates at most
+    for round in 1..=11 {
+        let ev = vec![reported(&e, &f, 0, "2.0.0").await];
+        e.engine.apply_events(&ev).await.unwrap();
+        let ev = vec![reported(&e, &f, 0, "1.0.0").await];
+        e.engine.apply_events(&ev).await.unwrap();
+        advance(&app, key, 1).await;
+        let tasks =
+            e.t.store
+                .raw_connection()
+                .query_one(sea_orm::Statement::from_string(
+                    e.t.store.raw_connection().get_database_backend(),
+                    format!(
+                        "SELECT COUNT(*) AS n FROM task WHERE rollout_id = {id} AND device_id = {}",
+                        f.devices[0]
+                    ),
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "n")
+                .unwrap();
+        assert_eq!(tasks, (round + 1).min(10), "round {round}");
+    }
+    // R12: only devices that report after the start
+    let g = fleet(&e, &app, 2, true, true).await;
+    let ev = vec![reported(&e, &g, 0, "1.0.0").await];
+    e.engine.apply_events(&ev).await.unwrap();
+    let fresh = create(
+        &app,
+        key,
+        g.package,
+        json!({"method": "dynamic", "scope": {"kind": "all"}, "source_versions": ["1.0.0"],
+               "only_new_reports": true}),
+    )
+    .await;
+    assert_eq!(rollout(&app, key, fresh).await["tasks_created"], 0);
+    let ev = vec![reported(&e, &g, 1, "1.0.0").await];
+    e.engine.apply_events(&ev).await.unwrap();
+    assert_eq!(rollout(&app, key, fresh).await["tasks_created"], 1);
 }

@@ -323,6 +323,8 @@ impl Scheduler {
             }
         }
         self.store.apply_reports(&reports, now).await?;
+        // B1: devices whose reported version now matches a dynamic rollout join it
+        self.store.join_dynamic_rollouts(&informed, now).await?;
         if !connected.is_empty() {
             let owed = self.store.owed_pushes(&connected, true, now).await?;
             self.push_all(owed, now).await;

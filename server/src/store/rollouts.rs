@@ -513,52 +513,7 @@ impl Store {
             )));
         }
         // Scopes over the registry resolve (and 404 foreign ids) before the transaction.
-        let selection = match &spec.scope {
-            Scope::Group(g) => Some(
-                self.resolve_device_filter(tenant, &DeviceFilter::group(*g))
-                    .await
-                    .map_err(|e| rename_field(e, "group_id", "scope.group_id"))?,
-            ),
-            Scope::AssetNodes(nodes) => Some(
-                self.resolve_device_filter(tenant, &DeviceFilter::asset_nodes(nodes.clone()))
-                    .await
-                    .map_err(|e| rename_field(e, "asset_node_ids", "scope.node_ids"))?,
-            ),
-            Scope::Attribute {
-                name,
-                value: AttributeValue::OneOf(vs),
-            } => Some(
-                self.resolve_device_filter(
-                    tenant,
-                    &DeviceFilter {
-                        labels: vec![LabelMatch::new(
-                            LabelKind::Attribute,
-                            "scope.name",
-                            name,
-                            ValueMatch::OneOf(vs.clone()),
-                        )?],
-                        ..Default::default()
-                    },
-                )
-                .await?,
-            ),
-            Scope::Tag { key, values } => Some(
-                self.resolve_device_filter(
-                    tenant,
-                    &DeviceFilter {
-                        labels: vec![LabelMatch::new(
-                            LabelKind::Tag,
-                            "scope.key",
-                            key,
-                            ValueMatch::OneOf(values.clone()),
-                        )?],
-                        ..Default::default()
-                    },
-                )
-                .await?,
-            ),
-            _ => None,
-        };
+        let selection = self.scope_selection(tenant, &spec).await?;
 
         let txn = self.begin_write().await?;
         let backend = txn.get_database_backend();
@@ -832,6 +787,216 @@ impl Store {
         .await?;
         txn.commit().await?;
         self.get_rollout(tenant, id).await
+    }
+
+    /// The registry condition of a group, asset-tree, attribute or tag scope (404 for
+    /// foreign ids); `None` for the scopes that need none.
+    async fn scope_selection(
+        &self,
+        tenant: TenantId,
+        spec: &RolloutSpec,
+    ) -> StoreResult<Option<super::DeviceSelection>> {
+        Ok(match &spec.scope {
+            Scope::Group(g) => Some(
+                self.resolve_device_filter(tenant, &DeviceFilter::group(*g))
+                    .await
+                    .map_err(|e| rename_field(e, "group_id", "scope.group_id"))?,
+            ),
+            Scope::AssetNodes(nodes) => Some(
+                self.resolve_device_filter(tenant, &DeviceFilter::asset_nodes(nodes.clone()))
+                    .await
+                    .map_err(|e| rename_field(e, "asset_node_ids", "scope.node_ids"))?,
+            ),
+            Scope::Attribute {
+                name,
+                value: AttributeValue::OneOf(vs),
+            } => Some(
+                self.resolve_device_filter(
+                    tenant,
+                    &DeviceFilter {
+                        labels: vec![LabelMatch::new(
+                            LabelKind::Attribute,
+                            "scope.name",
+                            name,
+                            ValueMatch::OneOf(vs.clone()),
+                        )?],
+                        ..Default::default()
+                    },
+                )
+                .await?,
+            ),
+            Scope::Tag { key, values } => Some(
+                self.resolve_device_filter(
+                    tenant,
+                    &DeviceFilter {
+                        labels: vec![LabelMatch::new(
+                            LabelKind::Tag,
+                            "scope.key",
+                            key,
+                            ValueMatch::OneOf(values.clone()),
+                        )?],
+                        ..Default::default()
+                    },
+                )
+                .await?,
+            ),
+            _ => None,
+        })
+    }
+
+    /// B1, B3, R12: devices whose version reports (in `devices`, just recorded) now match a
+    /// running dynamic rollout of their product join it while it runs: in its scope and
+    /// source versions, not on the target, with no open task that keeps them out (R10,
+    /// R11), no open task in it already, and fewer than 10 tasks in it so far (B3). An
+    /// override rollout cancels their earlier not-yet-started tasks (R11). Returns how
+    /// many tasks were made.
+    pub async fn join_dynamic_rollouts(
+        &self,
+        devices: &[DeviceId],
+        now: Millis,
+    ) -> StoreResult<u64> {
+        if devices.is_empty() {
+            return Ok(0);
+        }
+        let open: Vec<rollout::Model> = rollout::Entity::find()
+            .filter(rollout::Column::Method.eq("dynamic"))
+            .filter(rollout::Column::StrategyCancelled.eq(false))
+            .filter(rollout::Column::State.is_in(["running", "paused"]))
+            .all(self.db())
+            .await?;
+        let mut total = 0;
+        for m in open {
+            let r = to_rollout(m);
+            if r.spec.schedule.ended(now) {
+                continue;
+            }
+            let pkg = self.get_package(r.tenant_id, r.package_id).await?;
+            let selection = self.scope_selection(r.tenant_id, &r.spec).await?;
+            let list = match &r.spec.scope {
+                Scope::Selected(DeviceSource::List(l))
+                | Scope::Phased {
+                    devices: DeviceSource::List(l),
+                    ..
+                } => Some(*l),
+                _ => None,
+            };
+            let txn = self.begin_write().await?;
+            let backend = txn.get_database_backend();
+            lock_tenant(&txn, r.tenant_id).await?;
+            let mut joined: Vec<i64> = Vec::new();
+            for chunk in devices.chunks(MAX_BIND_PARAMS / 4) {
+                let mut cond = self.task_condition(
+                    backend,
+                    r.tenant_id,
+                    &pkg,
+                    &r.spec,
+                    selection.as_ref(),
+                    list,
+                );
+                let dcol = || Expr::col((device::Entity, device::Column::Id));
+                cond = cond.add(dcol().is_in(chunk.iter().map(|d| d.0)));
+                // B3: at most this many updates per device in one dynamic rollout
+                let mut done = Query::select();
+                done.expr(Expr::col(task::Column::Id).count())
+                    .from(task::Entity)
+                    .and_where(Expr::col((task::Entity, task::Column::RolloutId)).eq(r.id.0))
+                    .and_where(
+                        Expr::col((task::Entity, task::Column::DeviceId))
+                            .equals((device::Entity, device::Column::Id)),
+                    );
+                cond = cond.add(
+                    Expr::expr(sea_orm::sea_query::SimpleExpr::SubQuery(
+                        None,
+                        Box::new(sea_orm::sea_query::SubQueryStatement::SelectStatement(done)),
+                    ))
+                    .lt(i64::from(rollout_limits::MAX_DYNAMIC_UPDATES_PER_DEVICE)),
+                );
+                let mut q = Query::select();
+                q.column((device::Entity, device::Column::Id))
+                    .from(device::Entity)
+                    .cond_where(cond);
+                #[derive(FromQueryResult)]
+                struct Id {
+                    id: i64,
+                }
+                let ids = Id::find_by_statement(backend.build(&q)).all(&txn).await?;
+                joined.extend(ids.into_iter().map(|t| t.id));
+            }
+            if joined.is_empty() {
+                continue;
+            }
+            let initial = if r.spec.app_confirm {
+                TaskState::Confirming
+            } else {
+                TaskState::Waiting
+            };
+            for chunk in joined.chunks(MAX_BIND_PARAMS / 2) {
+                let mut sql = String::from(
+                    "INSERT INTO task (rollout_id, device_id, state, created_at, updated_at) VALUES ",
+                );
+                let mut vals: Vec<Value> = Vec::new();
+                for (i, d) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!(
+                        "({}, ?, '{}', {now}, {now})",
+                        r.id.0,
+                        initial.as_str()
+                    ));
+                    vals.push((*d).into());
+                }
+                txn.execute(stmt(backend, &sql, vals)).await?;
+                if r.spec.override_previous {
+                    let mut vals: Vec<Value> = vec![r.id.0.into()];
+                    vals.extend(chunk.iter().map(|d| Value::from(*d)));
+                    bulk_transition(
+                        &txn,
+                        &format!(
+                            "state IN ({}) AND rollout_id <> ? AND device_id IN ({})",
+                            in_list(TaskState::NOT_STARTED),
+                            placeholders(chunk.len())
+                        ),
+                        vals,
+                        TaskState::Cancelled,
+                        "",
+                        &Actor {
+                            cause: Cause::Policy,
+                            who: None,
+                        },
+                        &format!("replaced by rollout {}", r.id),
+                        now,
+                    )
+                    .await?;
+                }
+            }
+            let n = joined.len() as u64;
+            txn.execute(stmt(
+                backend,
+                "UPDATE rollout SET task_count = task_count + ? WHERE id = ?",
+                vec![i64::try_from(n).unwrap_or(0).into(), r.id.0.into()],
+            ))
+            .await?;
+            rollout_event(
+                &txn,
+                r.tenant_id,
+                r.id,
+                "devices_joined",
+                Some(r.state),
+                Some(r.state),
+                Some(n),
+                &Actor {
+                    cause: Cause::Device,
+                    who: None,
+                },
+                format!("{n} devices joined on their version reports"),
+                now,
+            )
+            .await?;
+            txn.commit().await?;
+            total += n;
+        }
+        Ok(total)
     }
 
     /// The condition on `device` rows that get a task.
