@@ -29,6 +29,8 @@ db_tests!(
     pull_mode_and_offline_devices,
     success_only_by_version_report_and_verification_marks_the_package,
     dynamic_rollouts_take_devices_that_come_to_match,
+    a_running_rollout_changes_rate_sources_timeout_and_tags,
+    a_restarted_engine_continues_exactly,
 );
 
 struct Fleet {
@@ -817,4 +819,176 @@ async fn dynamic_rollouts_take_devices_that_come_to_match(db: Db) {
     let ev = vec![reported(&e, &g, 1, "1.0.0").await];
     e.engine.apply_events(&ev).await.unwrap();
     assert_eq!(rollout(&app, key, fresh).await["tasks_created"], 1);
+}
+
+async fn patch<S, B>(app: &S, key: &str, id: i64, body: Value) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    call(
+        app,
+        Some(key),
+        "PATCH",
+        &format!("/v1/rollouts/{id}"),
+        Some(body),
+    )
+    .await
+}
+
+// SPEC R6 and R16 (and B9's change of a running dynamic rollout's source versions): the
+// rate of a running rollout changes but not its kind; an added source version brings in the
+// devices already on it; a new device timeout applies only to tasks made from then on, and
+// can be removed. Tags change too (what the push carries is the gateway tests' part).
+async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 40, true, true).await;
+    let mut ev = vec![];
+    for i in 0..30 {
+        ev.push(reported(&e, &f, i, if i < 20 { "1.0.0" } else { "1.1.0" }).await);
+    }
+    e.engine.apply_events(&ev).await.unwrap();
+    let id = create(
+        &app,
+        key,
+        f.package,
+        json!({"method": "dynamic", "scope": {"kind": "all"}, "source_versions": ["1.0.0"],
+               "rate": {"kind": "constant", "per_minute": 60}, "timeout_minutes": 10,
+               "tags": {"a": "1"}}),
+    )
+    .await;
+    assert_eq!(rollout(&app, key, id).await["tasks_created"], 20);
+    advance(&app, key, 5).await;
+    assert_eq!(pushed_total(&app, key, id).await, 5);
+    // R6: a faster constant rate takes effect from the next tick
+    let r = patch(
+        &app,
+        key,
+        id,
+        json!({"rate": {"kind": "constant", "per_minute": 600}}),
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(r.json()["rate"]["per_minute"], 600);
+    advance(&app, key, 1).await;
+    assert_eq!(pushed_total(&app, key, id).await, 15);
+    // … but not its kind
+    let r = patch(
+        &app,
+        key,
+        id,
+        json!({"rate": {"kind": "variable", "base": 10, "factor": 2.0, "max": 100, "threshold": 5}}),
+    )
+    .await;
+    r.expect(400);
+    assert_eq!(r.json()["field"], "rate.kind");
+    // R16: the timeout; tasks made before keep 10 minutes, new ones take 20
+    patch(&app, key, id, json!({"timeout_minutes": 20}))
+        .await
+        .expect(200);
+    // B9: an added version brings in the 10 devices already on it
+    let r = patch(
+        &app,
+        key,
+        id,
+        json!({"source_versions": ["1.0.0", "1.1.0"]}),
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(r.json()["tasks_created"], 30);
+    advance(&app, key, 2).await;
+    let ev = vec![progress(&f, 0, 10), progress(&f, 25, 10)];
+    e.engine.apply_events(&ev).await.unwrap();
+    let now = ota_server::clock::Clock::now_millis(&e.t.clock);
+    let due = |d: Option<i64>| (d.unwrap() - now) / 60_000;
+    assert_eq!(
+        due(task_row(&e, id, f.devices[0]).await.2),
+        10,
+        "made before the change"
+    );
+    assert_eq!(
+        due(task_row(&e, id, f.devices[25]).await.2),
+        20,
+        "made after it"
+    );
+    // removed: tasks made from now on have no timeout
+    patch(&app, key, id, json!({"timeout_minutes": null}))
+        .await
+        .expect(200);
+    assert_eq!(rollout(&app, key, id).await["timeout_minutes"], Value::Null);
+    let ev = vec![reported(&e, &f, 35, "1.1.0").await];
+    e.engine.apply_events(&ev).await.unwrap();
+    advance(&app, key, 5).await;
+    e.engine
+        .apply_events(&[progress(&f, 35, 10)])
+        .await
+        .unwrap();
+    assert_eq!(task_row(&e, id, f.devices[35]).await.2, None);
+    // R15: tags change while it runs, by the tag rules
+    let r = patch(&app, key, id, json!({"tags": {"b": "2"}})).await;
+    r.expect(200);
+    assert_eq!(r.json()["tags"], json!({"b": "2"}));
+    let r = patch(&app, key, id, json!({"tags": {"bad key": "x"}})).await;
+    r.expect(400);
+    // a static rollout's source versions and timeout do not change
+    let g = fleet(&e, &app, 1, true, true).await;
+    let st = create(&app, key, g.package, json!({"scope": {"kind": "all"}})).await;
+    let r = patch(&app, key, st, json!({"source_versions": ["1.0.0"]})).await;
+    r.expect(400);
+    assert_eq!(r.json()["field"], "source_versions");
+    let r = patch(&app, key, st, json!({"timeout_minutes": 5})).await;
+    r.expect(400);
+    assert_eq!(r.json()["field"], "timeout_minutes");
+}
+
+/// Cumulative pushes after each of `steps` advances of `secs`.
+async fn timeline<S, B>(app: &S, key: &str, id: i64, steps: usize, secs: u64) -> Vec<u64>
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let mut out = vec![];
+    for _ in 0..steps {
+        advance(app, key, secs).await;
+        out.push(pushed_total(app, key, id).await);
+    }
+    out
+}
+
+// The rate state and the logical time live in the database: an engine that starts afresh
+// mid-rollout (a restarted server) continues the timeline exactly where the uninterrupted
+// one goes, threshold crossings and the bucket's remainder included.
+async fn a_restarted_engine_continues_exactly(db: Db) {
+    let body = json!({"scope": {"kind": "all"}, "rate": {"kind": "variable", "base": 7,
+        "factor": 1.5, "max": 200, "threshold": 25, "count_on": "pushed"}});
+    let a = EngineCtx::new(db).await;
+    let app_a = a.t.service().await;
+    let fa = fleet(&a, &app_a, 600, true, true).await;
+    let ra = create(&app_a, &a.t.admin, fa.package, body.clone()).await;
+    let whole = timeline(&app_a, &a.t.admin, ra, 18, 37).await;
+
+    let b = EngineCtx::new(db).await;
+    let app_b = b.t.service().await;
+    let fb = fleet(&b, &app_b, 600, true, true).await;
+    let rb = create(&app_b, &b.t.admin, fb.package, body).await;
+    let mut first = timeline(&app_b, &b.t.admin, rb, 9, 37).await;
+    // the restart: a new engine with nothing in memory, on the same database and clock
+    let fresh = ota_server::scheduler::Scheduler::new(
+        b.t.store.clone(),
+        b.t.state.clock.clone(),
+        b.t.state.gateway.get().unwrap().clone(),
+        b.t.state.firmware.clone(),
+        b.t.state.public_url.clone(),
+        b.t.state.metrics.clone(),
+        b.t.state.config.scheduler.clone(),
+    );
+    for _ in 9..18 {
+        fresh.advance(&b.t.clock, 37_000).await.unwrap();
+        first.push(pushed_total(&app_b, &b.t.admin, rb).await);
+    }
+    assert_eq!(first, whole);
+    // the rate grew several times and the fleet is not used up, so the check has teeth
+    assert!(whole[17] > 200 && whole[17] < 600, "{whole:?}");
 }

@@ -16,7 +16,7 @@ use crate::domain::{
     TaskState, UpdateMethod, Version,
 };
 use crate::store::{Actor, AuditEvent, Rollout, RolloutFilter, TaskCounts, TaskOwner, TaskRow};
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
@@ -27,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get_rollout)
         .service(start_rollout)
         .service(cancel_rollout)
+        .service(change_rollout)
         .service(pause_rollout)
         .service(resume_rollout)
         .service(cancel_strategy)
@@ -716,6 +717,69 @@ async fn cancel_rollout(
     let r = state
         .store
         .cancel_rollout(tenant, RolloutId(*id), &Actor::key(auth.0.key), state.now())
+        .await?;
+    reply_rollout(&state, r).await
+}
+
+/// What may change in an unfinished rollout; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRollout {
+    /// A new push rate of the same kind (constant stays constant, variable stays variable).
+    pub rate: Option<RateDto>,
+    /// Dynamic rollouts of a full package, not group-scoped: devices already on an added
+    /// version join; a removed version leaves tasks alone.
+    pub source_versions: Option<Vec<String>>,
+    /// Dynamic rollouts: minutes 1..1440, or `null` to remove; only tasks made from now on
+    /// take it.
+    #[schema(value_type = Option<i64>, nullable)]
+    #[serde(default, deserialize_with = "present")]
+    pub timeout_minutes: Option<Option<i64>>,
+    /// Replaces the tags; later pushes carry them.
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// Tells a field given as `null` (Some(None)) from one left out (None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+/// Changes a rollout while it runs: its push rate (SPEC R6), a dynamic rollout's source
+/// versions and device timeout (B9, R16), its tags (R15).
+#[utoipa::path(tag = "rollouts", params(("id" = i64, Path)), request_body = ChangeRollout,
+    responses((status = 200, body = RolloutDto), (status = 400, body = E), (status = 403, body = E), (status = 404, body = E), (status = 409, body = E)))]
+#[patch("/v1/rollouts/{id}")]
+async fn change_rollout(
+    state: web::Data<AppState>,
+    auth: Auth,
+    id: web::Path<i64>,
+    body: Json<ChangeRollout>,
+) -> ApiResult<HttpResponse> {
+    let tenant = auth.require(Action::ManageRollouts)?;
+    let b = body.0;
+    let source_versions = b
+        .source_versions
+        .map(|vs| {
+            vs.iter()
+                .map(|v| Version::parse("source_versions", v))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let change = crate::domain::RolloutChange {
+        rate: b.rate.map(parse_rate).transpose()?,
+        source_versions,
+        timeout_minutes: b.timeout_minutes,
+        tags: b.tags.map(|t| t.into_iter().collect()),
+    };
+    let r = state
+        .store
+        .change_rollout(
+            tenant,
+            RolloutId(*id),
+            change,
+            &Actor::key(auth.0.key),
+            state.now(),
+        )
         .await?;
     reply_rollout(&state, r).await
 }
@@ -1438,6 +1502,7 @@ impl NameSpool {
     cancel_strategy,
     cancel_tasks,
     rerun_failed,
+    change_rollout,
     pause_rollout,
     resume_rollout,
     rollout_tasks,

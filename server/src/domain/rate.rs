@@ -130,6 +130,24 @@ impl RateState {
         }
     }
 
+    /// The state after the rate of a running rollout changed (R6): the allowance and the
+    /// count stay; a variable rate starts again from its new base, grown once for each of
+    /// its new thresholds the count already passed.
+    pub fn rebased(&self, rate: &PushRate, succeeded: u64) -> Self {
+        let mut s = Self::initial(rate);
+        s.bucket = self.bucket;
+        s.released = self.released;
+        let count = match rate {
+            PushRate::Variable {
+                count_on: RateCountOn::Succeeded,
+                ..
+            } => succeeded,
+            _ => self.released,
+        };
+        s.grow_to(rate, count);
+        s
+    }
+
     /// Gives back allowance for pushes taken but not released (the tasks were gone when the
     /// release ran); the count goes back too, so a threshold is never passed on their behalf
     /// twice.
@@ -248,6 +266,34 @@ mod tests {
         s.refund(4);
         assert_eq!(s.released, 6);
         assert_eq!(s.release(&r, 0, 100, 0, TICK), 4);
+    }
+
+    #[test]
+    fn a_changed_rate_keeps_the_count_and_regrows_from_its_base() {
+        let r = variable(RateCountOn::Pushed);
+        let mut s = RateState::initial(&r);
+        for _ in 0..1_800 {
+            s.release(&r, TICK, u64::MAX / 2, 0, TICK);
+        }
+        assert_eq!((s.released, s.per_minute), (2_000, 200));
+        let slower = PushRate::Variable {
+            base: 10,
+            factor_centi: 300,
+            max: 1_000,
+            threshold: 500,
+            count_on: RateCountOn::Pushed,
+        };
+        let t = s.rebased(&slower, 0);
+        // 2,000 pushed passes 500, 1,000, 1,500 and 2,000: 10 → 30 → 90 → 270 → 810
+        assert_eq!(
+            (t.released, t.per_minute, t.next_threshold),
+            (2_000, 810, Some(2_500))
+        );
+        let c = s.rebased(&PushRate::Constant { per_minute: 77 }, 0);
+        assert_eq!(
+            (c.per_minute, c.next_threshold, c.released),
+            (77, None, 2_000)
+        );
     }
 
     #[test]

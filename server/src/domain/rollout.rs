@@ -394,6 +394,175 @@ pub fn check_rollout_tags(field: &str, tags: &[(String, String)]) -> Result<(), 
 }
 
 /// The calendar date of `at` in the given offset (days since the epoch).
+/// R4 / R5: a push rate as asked for, checked against the seeds' limits.
+pub fn validate_rate(req: RateRequest) -> Result<PushRate, Invalid> {
+    Ok(match req {
+        RateRequest::Constant { per_minute } => PushRate::Constant {
+            per_minute: in_range(
+                "rate.per_minute",
+                per_minute,
+                L::CONSTANT_RATE,
+                "the constant rate",
+            )?,
+        },
+        RateRequest::Variable {
+            base,
+            factor,
+            max,
+            threshold,
+            count_on,
+        } => {
+            let base = in_range("rate.base", base, L::BASE_RATE, "the base rate")?;
+            let max = in_range("rate.max", max, L::MAX_RATE, "the maximum rate")?;
+            if base > max {
+                return Err(Invalid::new(
+                    "rate.base",
+                    "the base rate must not exceed the maximum rate",
+                ));
+            }
+            PushRate::Variable {
+                base,
+                factor_centi: factor_centi("rate.factor", factor)?,
+                max,
+                threshold: in_range("rate.threshold", threshold, L::THRESHOLD, "the threshold")?,
+                count_on,
+            }
+        }
+    })
+}
+
+/// What may change in a rollout that runs (R6, R15, R16, B9).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RolloutChange {
+    pub rate: Option<RateRequest>,
+    pub source_versions: Option<Vec<Version>>,
+    /// `Some(None)` removes the device timeout.
+    pub timeout_minutes: Option<Option<i64>>,
+    pub tags: Option<Vec<(String, String)>>,
+}
+
+/// A change checked against the rollout it applies to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CheckedChange {
+    pub rate: Option<PushRate>,
+    pub source_versions: Option<Vec<Version>>,
+    pub timeout_minutes: Option<Option<u32>>,
+    pub tags: Option<Vec<(String, String)>>,
+}
+
+impl RolloutChange {
+    /// Checks the change against the rollout's spec and package: a rate keeps its kind
+    /// (R6); source versions change only in a dynamic rollout of a full package that is not
+    /// group-scoped (B9, R16); the timeout only in a dynamic rollout, and still longer than
+    /// the retry interval (R8, R16); tags by the tag rules (R15).
+    pub fn check(self, spec: &RolloutSpec, pkg: &PackageFacts) -> Result<CheckedChange, Invalid> {
+        let is_dynamic = spec.method == UpdateMethod::Dynamic;
+        let rate = match self.rate {
+            None => None,
+            Some(req) => {
+                let new = validate_rate(req)?;
+                let same_kind = matches!(
+                    (&spec.rate, &new),
+                    (Some(PushRate::Constant { .. }), PushRate::Constant { .. })
+                        | (Some(PushRate::Variable { .. }), PushRate::Variable { .. })
+                );
+                if !same_kind {
+                    return Err(Invalid::new(
+                        "rate.kind",
+                        match spec.rate {
+                            None => "this rollout has no push rate; one cannot be added while it runs",
+                            Some(_) => "a running rollout's rate keeps its kind: constant stays constant, variable stays variable",
+                        },
+                    ));
+                }
+                Some(new)
+            }
+        };
+        let source_versions = match self.source_versions {
+            None => None,
+            Some(mut vs) => {
+                if !is_dynamic {
+                    return Err(Invalid::new(
+                        "source_versions",
+                        "only a dynamic rollout's source versions can change",
+                    ));
+                }
+                if matches!(spec.scope, Scope::Group(_)) {
+                    return Err(Invalid::new(
+                        "source_versions",
+                        "a group-scoped dynamic rollout's source versions cannot change",
+                    ));
+                }
+                if pkg.kind == PackageKind::Diff {
+                    return Err(Invalid::new(
+                        "source_versions",
+                        "a diff package applies to its source version only",
+                    ));
+                }
+                vs.sort();
+                vs.dedup();
+                if vs.is_empty() || vs.len() > L::MAX_SOURCE_VERSIONS {
+                    return Err(Invalid::new(
+                        "source_versions",
+                        format!(
+                            "a dynamic rollout of a full package needs 1 to {} source versions",
+                            L::MAX_SOURCE_VERSIONS
+                        ),
+                    ));
+                }
+                Some(vs)
+            }
+        };
+        let timeout_minutes = match self.timeout_minutes {
+            None => None,
+            Some(t) => {
+                if !is_dynamic {
+                    return Err(Invalid::new(
+                        "timeout_minutes",
+                        "only a dynamic rollout's device timeout can change",
+                    ));
+                }
+                let t = t
+                    .map(|n| {
+                        in_range(
+                            "timeout_minutes",
+                            n,
+                            L::TIMEOUT_MINUTES,
+                            "the device timeout (minutes)",
+                        )
+                    })
+                    .transpose()?;
+                match (t, spec.retry) {
+                    (Some(t), Some(r)) if r.interval_minutes >= t => return Err(Invalid::new(
+                        "timeout_minutes",
+                        format!(
+                            "the device timeout must stay longer than the retry interval ({} min)",
+                            r.interval_minutes
+                        ),
+                    )),
+                    (None, _) if spec.retry_timeouts => {
+                        return Err(Invalid::new(
+                            "timeout_minutes",
+                            "this rollout retries timeouts; it keeps a device timeout",
+                        ))
+                    }
+                    _ => {}
+                }
+                Some(t)
+            }
+        };
+        if let Some(tags) = &self.tags {
+            check_rollout_tags("tags", tags)?;
+        }
+        Ok(CheckedChange {
+            rate,
+            source_versions,
+            timeout_minutes,
+            tags: self.tags,
+        })
+    }
+}
+
 fn local_day(at: Millis, offset_minutes: i32) -> i64 {
     (at + i64::from(offset_minutes) * L::MINUTE).div_euclid(L::DAY)
 }
@@ -568,47 +737,7 @@ impl RolloutRequest {
                 ))
             }
             (_, None) => None,
-            (PushMode::Push, Some(RateRequest::Constant { per_minute })) => {
-                Some(PushRate::Constant {
-                    per_minute: in_range(
-                        "rate.per_minute",
-                        per_minute,
-                        L::CONSTANT_RATE,
-                        "the constant rate",
-                    )?,
-                })
-            }
-            (
-                PushMode::Push,
-                Some(RateRequest::Variable {
-                    base,
-                    factor,
-                    max,
-                    threshold,
-                    count_on,
-                }),
-            ) => {
-                let base = in_range("rate.base", base, L::BASE_RATE, "the base rate")?;
-                let max = in_range("rate.max", max, L::MAX_RATE, "the maximum rate")?;
-                if base > max {
-                    return Err(Invalid::new(
-                        "rate.base",
-                        "the base rate must not exceed the maximum rate",
-                    ));
-                }
-                Some(PushRate::Variable {
-                    base,
-                    factor_centi: factor_centi("rate.factor", factor)?,
-                    max,
-                    threshold: in_range(
-                        "rate.threshold",
-                        threshold,
-                        L::THRESHOLD,
-                        "the threshold",
-                    )?,
-                    count_on,
-                })
-            }
+            (PushMode::Push, Some(req)) => Some(validate_rate(req)?),
         };
         let max_concurrency = r
             .max_concurrency

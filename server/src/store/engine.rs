@@ -794,7 +794,8 @@ impl Store {
                     ", progress = {percent}, last_message = ?, \
                      started_at = COALESCE(task.started_at, {now}), \
                      due_at = CASE WHEN task.started_at IS NULL THEN \
-                       (SELECT {now} + COALESCE(task.timeout_minutes, r.timeout_minutes) * 60000 \
+                       (SELECT {now} + (CASE WHEN task.timeout_minutes IS NULL THEN r.timeout_minutes \
+                          WHEN task.timeout_minutes = 0 THEN NULL ELSE task.timeout_minutes END) * 60000 \
                         FROM rollout r WHERE r.id = task.rollout_id) ELSE task.due_at END"
                 );
                 out.moved += transition(

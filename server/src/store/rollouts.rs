@@ -895,22 +895,7 @@ impl Store {
                 );
                 let dcol = || Expr::col((device::Entity, device::Column::Id));
                 cond = cond.add(dcol().is_in(chunk.iter().map(|d| d.0)));
-                // B3: at most this many updates per device in one dynamic rollout
-                let mut done = Query::select();
-                done.expr(Expr::col(task::Column::Id).count())
-                    .from(task::Entity)
-                    .and_where(Expr::col((task::Entity, task::Column::RolloutId)).eq(r.id.0))
-                    .and_where(
-                        Expr::col((task::Entity, task::Column::DeviceId))
-                            .equals((device::Entity, device::Column::Id)),
-                    );
-                cond = cond.add(
-                    Expr::expr(sea_orm::sea_query::SimpleExpr::SubQuery(
-                        None,
-                        Box::new(sea_orm::sea_query::SubQueryStatement::SelectStatement(done)),
-                    ))
-                    .lt(i64::from(rollout_limits::MAX_DYNAMIC_UPDATES_PER_DEVICE)),
-                );
+                cond = cond.add(not_capped_in(r.id));
                 let mut q = Query::select();
                 q.column((device::Entity, device::Column::Id))
                     .from(device::Entity)
@@ -997,6 +982,181 @@ impl Store {
             total += n;
         }
         Ok(total)
+    }
+
+    /// R6, R15, R16, B9: changes what may change in an unfinished rollout: its rate (same
+    /// kind; the rate state is rebased, keeping the count), a dynamic rollout's source
+    /// versions (an added version brings in the devices already on it) and device timeout
+    /// (only tasks made from now on take the new one), and its tags (later pushes carry
+    /// them).
+    pub async fn change_rollout(
+        &self,
+        tenant: TenantId,
+        id: RolloutId,
+        change: RolloutChange,
+        actor: &Actor,
+        now: Millis,
+    ) -> StoreResult<Rollout> {
+        let r = self.get_rollout(tenant, id).await?;
+        if r.state.is_finished() {
+            return Err(StoreError::Conflict(format!(
+                "rollout {id} is {}; a finished rollout does not change",
+                r.state.as_str()
+            )));
+        }
+        let facts = self.package_facts(tenant, r.package_id).await?;
+        let change = change.check(&r.spec, &facts)?;
+        let selection = self.scope_selection(tenant, &r.spec).await?;
+        let pkg = self.get_package(tenant, r.package_id).await?;
+        let txn = self.begin_write().await?;
+        let backend = txn.get_database_backend();
+        lock_tenant(&txn, tenant).await?;
+        let m = rollout::Entity::find_by_id(id.0)
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound("rollout"))?;
+        let mut what = Vec::new();
+        let mut upd = rollout::Entity::update_many().filter(rollout::Column::Id.eq(id.0));
+        if let Some(rate) = &change.rate {
+            let saved = m.rate_per_minute.map(|p| RateState {
+                per_minute: u32::try_from(p).unwrap_or(0),
+                next_threshold: m.rate_next_threshold.and_then(|n| u64::try_from(n).ok()),
+                bucket: m.rate_bucket,
+                released: u64::try_from(m.released_total).unwrap_or(0),
+            });
+            let old = r.spec.rate.as_ref().map(RateState::initial);
+            let state = saved
+                .or(old)
+                .unwrap_or_else(|| RateState::initial(rate))
+                .rebased(rate, u64::try_from(m.succeeded_total).unwrap_or(0));
+            let (base, factor, max, threshold) = match *rate {
+                PushRate::Constant { per_minute } => (per_minute, None, None, None),
+                PushRate::Variable {
+                    base,
+                    factor_centi,
+                    max,
+                    threshold,
+                    ..
+                } => (base, Some(factor_centi), Some(max), Some(threshold)),
+            };
+            upd = upd
+                .col_expr(rollout::Column::RateBase, Expr::value(i32_of(Some(base))))
+                .col_expr(
+                    rollout::Column::RateFactorCenti,
+                    Expr::value(i32_of(factor)),
+                )
+                .col_expr(rollout::Column::RateMax, Expr::value(i32_of(max)))
+                .col_expr(
+                    rollout::Column::RateThreshold,
+                    Expr::value(i32_of(threshold)),
+                )
+                .col_expr(
+                    rollout::Column::RatePerMinute,
+                    Expr::value(i32_of(Some(state.per_minute))),
+                )
+                .col_expr(
+                    rollout::Column::RateNextThreshold,
+                    Expr::value(state.next_threshold.and_then(|n| i64::try_from(n).ok())),
+                );
+            what.push("rate");
+        }
+        if let Some(t) = change.timeout_minutes {
+            // tasks made so far keep the timeout they were made under (0: none)
+            txn.execute(stmt(
+                backend,
+                "UPDATE task SET timeout_minutes = ? WHERE rollout_id = ? AND timeout_minutes IS NULL",
+                vec![
+                    i32_of(r.spec.timeout_minutes).unwrap_or(0).into(),
+                    id.0.into(),
+                ],
+            ))
+            .await?;
+            upd = upd.col_expr(rollout::Column::TimeoutMinutes, Expr::value(i32_of(t)));
+            what.push("timeout_minutes");
+        }
+        if let Some(tags) = &change.tags {
+            upd = upd.col_expr(
+                rollout::Column::Tags,
+                Expr::value(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())),
+            );
+            what.push("tags");
+        }
+        let mut joined = 0;
+        if let Some(vs) = &change.source_versions {
+            upd = upd.col_expr(
+                rollout::Column::SourceVersions,
+                Expr::value(json_text(serde_json::Value::from(
+                    vs.iter().map(|v| v.as_str().to_owned()).collect::<Vec<_>>(),
+                ))),
+            );
+            what.push("source_versions");
+        }
+        if !what.is_empty() {
+            upd.exec(&txn).await?;
+        }
+        // B9: devices already on an added version join (a removed one leaves its devices'
+        // tasks alone); R12 rollouts take only devices that report from now on.
+        if let Some(vs) = change.source_versions {
+            if !r.spec.only_new_reports && r.state != RolloutState::Draft {
+                let added: Vec<Version> = vs
+                    .into_iter()
+                    .filter(|v| !r.spec.source_versions.contains(v))
+                    .collect();
+                if !added.is_empty() {
+                    let mut spec = r.spec.clone();
+                    spec.source_versions = added;
+                    let list = match &spec.scope {
+                        Scope::Selected(DeviceSource::List(l))
+                        | Scope::Phased {
+                            devices: DeviceSource::List(l),
+                            ..
+                        } => Some(*l),
+                        _ => None,
+                    };
+                    let cond = self
+                        .task_condition(backend, tenant, &pkg, &spec, selection.as_ref(), list)
+                        .add(not_capped_in(id));
+                    let mut candidates = Query::select();
+                    candidates
+                        .column((device::Entity, device::Column::Id))
+                        .from(device::Entity)
+                        .cond_where(cond);
+                    let initial = if spec.app_confirm {
+                        TaskState::Confirming
+                    } else {
+                        TaskState::Waiting
+                    };
+                    joined = insert_tasks(&txn, backend, id, initial, now, candidates).await?;
+                    txn.execute(stmt(
+                        backend,
+                        "UPDATE rollout SET task_count = task_count + ? WHERE id = ?",
+                        vec![i64::try_from(joined).unwrap_or(0).into(), id.0.into()],
+                    ))
+                    .await?;
+                }
+            }
+        }
+        let mut detail = format!("changed {}", what.join(", "));
+        if joined > 0 {
+            detail.push_str(&format!(
+                "; {joined} devices on added source versions joined"
+            ));
+        }
+        rollout_event(
+            &txn,
+            tenant,
+            id,
+            "changed",
+            Some(r.state),
+            Some(r.state),
+            (joined > 0).then_some(joined),
+            actor,
+            detail,
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        self.get_rollout(tenant, id).await
     }
 
     /// The condition on `device` rows that get a task.
@@ -1714,6 +1874,24 @@ fn rename_field(e: StoreError, from: &str, to: &str) -> StoreError {
         }
         other => other,
     }
+}
+
+/// B3: the device has had fewer than 10 tasks in this dynamic rollout (a device with none
+/// passes, so this also serves the first join).
+fn not_capped_in(rollout: RolloutId) -> sea_orm::sea_query::SimpleExpr {
+    let mut done = Query::select();
+    done.expr(Expr::col(task::Column::Id).count())
+        .from(task::Entity)
+        .and_where(Expr::col((task::Entity, task::Column::RolloutId)).eq(rollout.0))
+        .and_where(
+            Expr::col((task::Entity, task::Column::DeviceId))
+                .equals((device::Entity, device::Column::Id)),
+        );
+    Expr::expr(sea_orm::sea_query::SimpleExpr::SubQuery(
+        None,
+        Box::new(sea_orm::sea_query::SubQueryStatement::SelectStatement(done)),
+    ))
+    .lt(i64::from(rollout_limits::MAX_DYNAMIC_UPDATES_PER_DEVICE))
 }
 
 /// Names staged per statement (two binds each).
