@@ -144,6 +144,7 @@ pub struct Router {
 type Resolved = (Protocol, TenantId, DeviceId);
 
 impl Router {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         gateway: Arc<dyn DeviceGateway>,

@@ -224,9 +224,8 @@ impl Scheduler {
         let mut pushes: HashMap<i64, Option<FirmwarePush>> = HashMap::new();
         let mut sent = 0;
         for t in targets {
-            if !pushes.contains_key(&t.rollout_id) {
-                let p = self.firmware_push(RolloutId(t.rollout_id), now).await;
-                pushes.insert(t.rollout_id, p);
+            if let std::collections::hash_map::Entry::Vacant(slot) = pushes.entry(t.rollout_id) {
+                slot.insert(self.firmware_push(RolloutId(t.rollout_id), now).await);
             }
             let Some(Some(push)) = pushes.get(&t.rollout_id) else {
                 continue;
