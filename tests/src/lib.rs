@@ -2,6 +2,8 @@
 //! directory (SQLite) or a fresh PostgreSQL database, and talks to it over HTTP(S).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod sim;
+
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -43,6 +45,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub bin: PathBuf,
     pub env: Vec<(String, String)>,
+    pub serve_args: Vec<String>,
     _dir: Option<tempfile::TempDir>,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -54,6 +57,8 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// The embedded broker's port; 0 (any free one) unless given.
     pub mqtt_port: Option<u16>,
+    /// Arguments after `serve` (`--clock manual`).
+    pub serve_args: Vec<String>,
 }
 
 impl Server {
@@ -82,6 +87,7 @@ impl Server {
             ServerOptions {
                 env: self.env.clone(),
                 mqtt_port: port,
+                serve_args: self.serve_args.clone(),
                 ..Default::default()
             },
             self.data_dir.clone(),
@@ -108,6 +114,7 @@ impl Server {
             .arg(opts.mqtt_port.unwrap_or(0).to_string())
             .args(&opts.args)
             .arg("serve")
+            .args(&opts.serve_args)
             .env_remove("RUST_LOG")
             .env("OTA_LOG__FORMAT", "text")
             .stdout(Stdio::null())
@@ -169,6 +176,7 @@ impl Server {
             data_dir,
             bin,
             env: opts.env,
+            serve_args: opts.serve_args,
             _dir: None,
             log,
         })

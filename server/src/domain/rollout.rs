@@ -533,13 +533,15 @@ impl RolloutChange {
                     })
                     .transpose()?;
                 match (t, spec.retry) {
-                    (Some(t), Some(r)) if r.interval_minutes >= t => return Err(Invalid::new(
-                        "timeout_minutes",
-                        format!(
+                    (Some(t), Some(r)) if r.interval_minutes >= t => {
+                        return Err(Invalid::new(
+                            "timeout_minutes",
+                            format!(
                             "the device timeout must stay longer than the retry interval ({} min)",
                             r.interval_minutes
                         ),
-                    )),
+                        ))
+                    }
                     (None, _) if spec.retry_timeouts => {
                         return Err(Invalid::new(
                             "timeout_minutes",

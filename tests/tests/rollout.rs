@@ -1,0 +1,290 @@
+//! The real binary on a manual clock (`serve --clock manual`) updating simulated Link Kit
+//! devices over MQTT through its embedded broker: a static rollout to 300 devices, some
+//! failing at given steps, some failing once and retried, some going silent and timing out,
+//! some offline until later, under a concurrency limit; and a dynamic rollout that takes a
+//! device activated later and one whose version comes to match. Time moves only through
+//! `POST /v1/clock/advance`; every wait is on the rollout's own counts, with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::sim::{start_device, Behaviour, SimDevice, SimStats};
+use e2e::*;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    async fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn advance(&self, seconds: u64) {
+        self.post("/v1/clock/advance", json!({ "seconds": seconds }))
+            .await;
+    }
+    async fn counts(&self, rollout: i64) -> Value {
+        self.get(&format!("/v1/rollouts/{rollout}")).await["counts"].clone()
+    }
+    /// Waits (real time, with a deadline) until `done` holds for the rollout's counts.
+    async fn wait_counts(&self, rollout: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.counts(rollout).await;
+            if done(&c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "waited in vain for {what}: {c}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn n(c: &Value, state: &str) -> u64 {
+    c[state].as_u64().unwrap_or(0)
+}
+
+/// A product `pk` with devices `names` (secret = "s-" + name) and a package `version` with a
+/// file, marked no_need; returns (product id, package id).
+async fn product(api: &Api, pk: &str, names: &[String], version: &str) -> (i64, i64) {
+    let p = api
+        .post(
+            "/v1/products",
+            json!({"name": pk, "protocol": "alink", "product_key": pk}),
+        )
+        .await;
+    let product = p["id"].as_i64().unwrap();
+    let mut csv = String::from("name,secret\n");
+    for d in names {
+        csv.push_str(&format!("{d},{}\n", secret(d)));
+    }
+    let r = api
+        .http
+        .post(format!("{}/v1/products/{product}/devices/import", api.base))
+        .bearer_auth(&api.key)
+        .header("Content-Type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let pkg = api
+        .post(
+            &format!("/v1/products/{product}/packages"),
+            json!({"version": version, "sign_method": "md5"}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let r = api
+        .http
+        .put(format!("{}/v1/packages/{pkg}/files/fw.bin", api.base))
+        .bearer_auth(&api.key)
+        .body(vec![1u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    api.call(
+        reqwest::Method::PATCH,
+        &format!("/v1/packages/{pkg}"),
+        Some(json!({"status": "no_need"})),
+    )
+    .await;
+    (product, pkg)
+}
+
+async fn device(
+    mqtt: &(String, u16),
+    pk: &str,
+    name: &str,
+    version: &str,
+    b: Behaviour,
+    stats: &Arc<SimStats>,
+) -> SimDevice {
+    start_device(
+        &mqtt.0,
+        mqtt.1,
+        pk,
+        name,
+        &secret(name),
+        version,
+        b,
+        stats.clone(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_rollout_updates_simulated_devices_and_a_dynamic_one_takes_late_ones() {
+    let srv = Server::start(ServerOptions {
+        serve_args: vec!["--clock".into(), "manual".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(srv
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("RUNNING ON A MANUAL CLOCK")));
+    let key = srv.create_tenant("acme").await.unwrap();
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: srv.base.clone(),
+        key,
+    };
+    let addr = srv.mqtt.clone().unwrap();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mqtt = (host.to_owned(), port.parse::<u16>().unwrap());
+    let stats = Arc::new(SimStats::default());
+
+    // 300 devices: 240 succeed, 20 fail once (-2) and succeed on retry, 15 always fail
+    // verification (-3), 15 go silent after progress (timeout), 10 are offline until later
+    let names: Vec<String> = (0..300).map(|i| format!("m{i:03}")).collect();
+    let (_, pkg) = product(&api, "a1Sim", &names, "2.0.0").await;
+    let behaviour = |i: usize| match i {
+        0..=239 => Behaviour::Succeed,
+        240..=259 => Behaviour::FailOnce(-2),
+        260..=274 => Behaviour::Fail(-3),
+        275..=289 => Behaviour::Silent,
+        _ => Behaviour::Succeed,
+    };
+    let mut fleet = Vec::new();
+    for (i, name) in names.iter().enumerate().take(290) {
+        fleet.push(device(&mqtt, "a1Sim", name, "1.0.0", behaviour(i), &stats).await);
+    }
+    // the broker has them all, and the server has their reports, before the rollout starts
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = api.get("/v1/devices?online=true&limit=500").await;
+        if body["items"].as_array().map(Vec::len) == Some(290) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devices did not come online: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rollout = api
+        .post(
+            &format!("/v1/packages/{pkg}/rollouts"),
+            json!({"scope": {"kind": "all"}, "max_concurrency": 40,
+                   "retry": {"interval_minutes": 10, "max_retries": 1}, "timeout_minutes": 30}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    // a minute at a time; after each, every pushed device has answered before time moves on
+    let mut late: Vec<SimDevice> = Vec::new();
+    for minute in 1..=90 {
+        api.advance(60).await;
+        let c = api
+            .wait_counts(rollout, "pushed devices to answer", |c| n(c, "pushed") == 0)
+            .await;
+        assert!(
+            n(&c, "pending") + n(&c, "pushed") <= 40,
+            "concurrency exceeded at minute {minute}: {c}"
+        );
+        if minute == 5 {
+            // the offline ten come online: their pending tasks are pushed on connect
+            for (i, name) in names.iter().enumerate().skip(290) {
+                late.push(device(&mqtt, "a1Sim", name, "1.0.0", behaviour(i), &stats).await);
+            }
+        }
+        if api.get(&format!("/v1/rollouts/{rollout}")).await["state"] == "completed" {
+            break;
+        }
+    }
+    let r = api.get(&format!("/v1/rollouts/{rollout}")).await;
+    assert_eq!(r["state"], "completed", "{r}");
+    let c = &r["counts"];
+    assert_eq!(n(c, "succeeded"), 240 + 20 + 10, "{c}");
+    assert_eq!(n(c, "failed"), 15 + 15, "{c}");
+    // the always-failing were retried once; the silent timed out and were not retried
+    let failed = api
+        .get(&format!(
+            "/v1/rollouts/{rollout}/tasks?state=failed&limit=100"
+        ))
+        .await;
+    let items = failed["items"].as_array().unwrap();
+    let reason = |r: &str| {
+        items
+            .iter()
+            .filter(|t| t["failure_reason"] == r)
+            .map(|t| t["retries"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reason("verify_failed"), vec![1; 15]);
+    assert_eq!(reason("timeout"), vec![0; 15]);
+
+    // dynamic: a device activated later and one whose version comes to match both join
+    let dyn_names: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+    let (_, pkg2) = product(&api, "a1Dyn", &dyn_names, "3.0.0").await;
+    let n0 = device(&mqtt, "a1Dyn", "n0", "1.0.0", Behaviour::Succeed, &stats).await;
+    let n1 = device(&mqtt, "a1Dyn", "n1", "0.9.0", Behaviour::Succeed, &stats).await;
+    let dynamic = loop {
+        // the rollout is created once n0's report is recorded, so it starts with n0
+        let r = api
+            .http
+            .post(format!("{}/v1/packages/{pkg2}/rollouts", api.base))
+            .bearer_auth(&api.key)
+            .json(&json!({"method": "dynamic", "scope": {"kind": "all"},
+                          "source_versions": ["1.0.0"], "start_on_creation": false}))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        let id = v["id"].as_i64().unwrap();
+        if v["tasks_created"] == 1 {
+            break id;
+        }
+        api.post(&format!("/v1/rollouts/{id}/cancel"), json!({}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    api.post(&format!("/v1/rollouts/{dynamic}/start"), json!({}))
+        .await;
+    api.advance(1).await;
+    api.wait_counts(dynamic, "n0 updated", |c| n(c, "succeeded") == 1)
+        .await;
+    // n2 is activated now; n1 comes to run 1.0.0
+    let _n2 = device(&mqtt, "a1Dyn", "n2", "1.0.0", Behaviour::Succeed, &stats).await;
+    n1.report_version("1.0.0").await.unwrap();
+    api.wait_counts(dynamic, "n1 and n2 to join", |c| {
+        n(c, "waiting") + n(c, "pushed") + n(c, "succeeded") == 3
+    })
+    .await;
+    api.advance(1).await;
+    api.wait_counts(dynamic, "all three updated", |c| n(c, "succeeded") == 3)
+        .await;
+    assert_eq!(*n1.version.lock().unwrap(), "3.0.0");
+    drop(n0);
+}
+
+fn secret(name: &str) -> String {
+    format!("secret-of-{name}-0123456789")
+}
