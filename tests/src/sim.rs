@@ -87,6 +87,7 @@ async fn publish(c: &AsyncClient, topic: &str, body: Value, stats: &SimStats) {
 }
 
 /// Connects a device to `host:port` and runs it until dropped.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_device(
     host: &str,
     port: u16,
