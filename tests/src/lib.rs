@@ -7,7 +7,7 @@ pub mod sim;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -268,4 +268,71 @@ pub fn client(extra_root_pem: Option<&[u8]>) -> Result<reqwest::Client> {
         b = b.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
     }
     Ok(b.build()?)
+}
+
+/// The server's `ota_devices_online` gauge.
+pub async fn online(http: &reqwest::Client, base: &str) -> Result<i64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("ota_devices_online "))
+        .ok_or_else(|| anyhow!("no ota_devices_online in /metrics"))?
+        .trim()
+        .parse()
+        .context("ota_devices_online")
+}
+
+/// Waits, polling the gauge, until it reads `want` (the broker registers sessions after the
+/// CONNACK and forgets them after the socket closes).
+pub async fn wait_online(http: &reqwest::Client, base: &str, want: i64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = online(http, base).await?;
+        if n == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("ota_devices_online is {n}, expected {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The soft and hard open-file limits of this process.
+pub fn fd_limits() -> Result<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| anyhow!("no open-file limit in /proc/self/limits"))?;
+    let mut v = line.split_whitespace().skip(3).map(|v| v.parse::<u64>());
+    match (v.next(), v.next()) {
+        (Some(Ok(soft)), Some(Ok(hard))) => Ok((soft, hard)),
+        _ => bail!("unreadable open-file limit: {line}"),
+    }
+}
+
+/// Each device and the server hold a socket: lifts the soft open-file limit to the hard one
+/// (the server, started after, inherits it). The crate forbids `unsafe`, so util-linux's
+/// `prlimit` does the `setrlimit` on this process.
+pub fn raise_fd_limit() -> Result<u64> {
+    let (soft, hard) = fd_limits()?;
+    if soft < hard {
+        let status = std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &std::process::id().to_string(),
+                &format!("--nofile={hard}:{hard}"),
+            ])
+            .status()
+            .context("running prlimit")?;
+        if !status.success() {
+            bail!("prlimit could not raise the open-file limit to {hard}");
+        }
+    }
+    Ok(fd_limits()?.0)
 }

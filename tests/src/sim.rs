@@ -24,11 +24,34 @@ pub enum Behaviour {
 }
 
 /// Counts of what simulated devices saw, shared by a fleet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SimStats {
     pub pushes: AtomicU64,
     pub connected: AtomicU64,
     pub uplinks: AtomicU64,
+    /// Milliseconds since `start` of the first and last push received.
+    pub first_push_ms: AtomicU64,
+    pub last_push_ms: AtomicU64,
+    pub start: std::time::Instant,
+}
+
+impl Default for SimStats {
+    fn default() -> Self {
+        Self {
+            pushes: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            uplinks: AtomicU64::new(0),
+            first_push_ms: AtomicU64::new(u64::MAX),
+            last_push_ms: AtomicU64::new(0),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl SimStats {
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// One simulated device; dropping the handle's client ends its session.
@@ -86,20 +109,26 @@ async fn publish(c: &AsyncClient, topic: &str, body: Value, stats: &SimStats) {
         .await;
 }
 
-/// Connects a device to `host:port` and runs it until dropped.
-#[allow(clippy::too_many_arguments)]
+/// Where and how a fleet of simulated devices connects.
+#[derive(Debug, Clone)]
+pub struct SimBroker {
+    pub host: String,
+    pub port: u16,
+    /// Subscribe to the downlink topics (an external broker does not do it for them).
+    pub subscribe: bool,
+}
+
+/// Connects a device to the broker and runs it until dropped.
 pub async fn start_device(
-    host: &str,
-    port: u16,
-    pk: &str,
-    dn: &str,
-    secret: &str,
+    broker: &SimBroker,
+    (pk, dn, secret): (&str, &str, &str),
     version: &str,
     behaviour: Behaviour,
     stats: Arc<SimStats>,
 ) -> Result<SimDevice> {
     let (client_id, user, pass) = alink_credentials(pk, dn, secret)?;
-    let mut opts = MqttOptions::new(client_id, host, port);
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    let subscribe = broker.subscribe;
     opts.set_credentials(user, pass);
     opts.set_keep_alive(Duration::from_secs(60));
     opts.set_max_packet_size(256 * 1024, 256 * 1024);
@@ -127,6 +156,11 @@ pub async fn start_device(
             };
             match ev {
                 Event::Incoming(Packet::ConnAck(_)) => {
+                    if subscribe {
+                        let _ = c
+                            .subscribe(format!("/ota/device/upgrade/{pk}/{dn}"), QoS::AtLeastOnce)
+                            .await;
+                    }
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                     let ver = v.lock().map(|g| g.clone()).unwrap_or_default();
                     publish(

@@ -6,7 +6,7 @@
 //! `POST /v1/clock/advance`; every wait is on the rollout's own counts, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use e2e::sim::{start_device, Behaviour, SimDevice, SimStats};
+use e2e::sim::{start_device, Behaviour, SimBroker, SimDevice, SimStats};
 use e2e::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -115,25 +115,16 @@ async fn product(api: &Api, pk: &str, names: &[String], version: &str) -> (i64, 
 }
 
 async fn device(
-    mqtt: &(String, u16),
+    mqtt: &SimBroker,
     pk: &str,
     name: &str,
     version: &str,
     b: Behaviour,
     stats: &Arc<SimStats>,
 ) -> SimDevice {
-    start_device(
-        &mqtt.0,
-        mqtt.1,
-        pk,
-        name,
-        &secret(name),
-        version,
-        b,
-        stats.clone(),
-    )
-    .await
-    .unwrap()
+    start_device(mqtt, (pk, name, &secret(name)), version, b, stats.clone())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +149,11 @@ async fn a_static_rollout_updates_simulated_devices_and_a_dynamic_one_takes_late
     };
     let addr = srv.mqtt.clone().unwrap();
     let (host, port) = addr.rsplit_once(':').unwrap();
-    let mqtt = (host.to_owned(), port.parse::<u16>().unwrap());
+    let mqtt = SimBroker {
+        host: host.to_owned(),
+        port: port.parse::<u16>().unwrap(),
+        subscribe: false,
+    };
     let stats = Arc::new(SimStats::default());
 
     // 300 devices: 240 succeed, 20 fail once (-2) and succeed on retry, 15 always fail

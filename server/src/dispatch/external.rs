@@ -154,6 +154,10 @@ impl DeviceGateway for ExternalBroker {
     fn is_connected(&self, _device: &DeviceIdentity) -> Option<bool> {
         None
     }
+
+    fn knows_presence(&self) -> bool {
+        false
+    }
 }
 
 /// Splits `mqtt://host:port` (or `tcp://`) into host and port.

@@ -67,6 +67,13 @@ pub trait DeviceGateway: Send + Sync {
     /// Whether the device has a session here now, when the gateway knows (the embedded
     /// broker does; an external one does not say).
     fn is_connected(&self, device: &DeviceIdentity) -> Option<bool>;
+
+    /// Whether this gateway sees devices connect and disconnect (the embedded broker does;
+    /// an external broker does not tell, so every device counts as reachable and a push to
+    /// an offline one is repeated when it next reports its version).
+    fn knows_presence(&self) -> bool {
+        true
+    }
 }
 
 /// Why a CONNECT was refused: the reason counted, and a detail for the log.

@@ -173,7 +173,11 @@ impl Scheduler {
             }
             _ => available,
         };
-        let (released, targets) = self.store.release_tasks(r.tenant_id, r.id, n, now).await?;
+        let all_online = !self.gateway.knows_presence();
+        let (released, targets) = self
+            .store
+            .release_tasks(r.tenant_id, r.id, n, all_online, now)
+            .await?;
         if released < n {
             if let Some(state) = &mut rate {
                 state.refund(n - released);
@@ -329,7 +333,10 @@ impl Scheduler {
             self.push_all(owed, now).await;
         }
         if !informed.is_empty() {
-            let owed = self.store.owed_pushes(&informed, false, now).await?;
+            // without presence (an external broker) a version report is the only sign a
+            // device is back, so what was pushed before goes out again
+            let repush = !self.gateway.knows_presence();
+            let owed = self.store.owed_pushes(&informed, repush, now).await?;
             self.push_all(owed, now).await;
         }
         for ev in asks {

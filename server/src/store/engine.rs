@@ -335,12 +335,14 @@ impl Store {
 
     /// Releases up to `n` waiting tasks of a rollout, in task order: those whose device is
     /// online become `pushed` and are returned to be pushed; the others become `pending`
-    /// and are pushed when their device connects (R3).
+    /// and are pushed when their device connects (R3). `all_online`: the gateway cannot
+    /// tell who is connected, so every released task is pushed.
     pub async fn release_tasks(
         &self,
         tenant: TenantId,
         id: RolloutId,
         n: u64,
+        all_online: bool,
         now: Millis,
     ) -> StoreResult<(u64, Vec<PushTarget>)> {
         if n == 0 {
@@ -370,7 +372,8 @@ impl Store {
         ))
         .all(&txn)
         .await?;
-        let (online, offline): (Vec<_>, Vec<_>) = picked.into_iter().partition(|t| t.online);
+        let (online, offline): (Vec<_>, Vec<_>) =
+            picked.into_iter().partition(|t| t.online || all_online);
         let mut released = 0;
         let mut pushed_ids = std::collections::HashSet::new();
         for chunk in online.chunks(MAX_BIND_PARAMS / 2) {

@@ -5,7 +5,7 @@
 //! wait for CONNACK, the server's memory per connected device, and its memory once they have
 //! gone. Arguments: devices (default 10,000), Mosquitto's address (default 127.0.0.1:1883).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use e2e::*;
 use hmac::{Hmac, Mac};
 use std::time::{Duration, Instant};
@@ -114,73 +114,6 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// The server's `ota_devices_online` gauge.
-async fn online(http: &reqwest::Client, base: &str) -> Result<i64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("ota_devices_online "))
-        .ok_or_else(|| anyhow!("no ota_devices_online in /metrics"))?
-        .trim()
-        .parse()
-        .context("ota_devices_online")
-}
-
-/// Waits, polling the gauge, until it reads `want` (the broker registers sessions after the
-/// CONNACK and forgets them after the socket closes).
-async fn wait_online(http: &reqwest::Client, base: &str, want: i64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = online(http, base).await?;
-        if n == want {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("ota_devices_online is {n}, expected {want}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The soft and hard open-file limits of this process.
-fn fd_limits() -> Result<(u64, u64)> {
-    let limits = std::fs::read_to_string("/proc/self/limits")?;
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .ok_or_else(|| anyhow!("no open-file limit in /proc/self/limits"))?;
-    let mut v = line.split_whitespace().skip(3).map(|v| v.parse::<u64>());
-    match (v.next(), v.next()) {
-        (Some(Ok(soft)), Some(Ok(hard))) => Ok((soft, hard)),
-        _ => bail!("unreadable open-file limit: {line}"),
-    }
-}
-
-/// Each device and the server hold a socket: lifts the soft open-file limit to the hard one
-/// (the server, started after, inherits it). The crate forbids `unsafe`, so util-linux's
-/// `prlimit` does the `setrlimit` on this process.
-fn raise_fd_limit() -> Result<u64> {
-    let (soft, hard) = fd_limits()?;
-    if soft < hard {
-        let status = std::process::Command::new("prlimit")
-            .args([
-                "--pid",
-                &std::process::id().to_string(),
-                &format!("--nofile={hard}:{hard}"),
-            ])
-            .status()
-            .context("running prlimit")?;
-        if !status.success() {
-            bail!("prlimit could not raise the open-file limit to {hard}");
-        }
-    }
-    Ok(fd_limits()?.0)
 }
 
 #[tokio::main]
