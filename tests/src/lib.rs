@@ -336,3 +336,9 @@ pub fn raise_fd_limit() -> Result<u64> {
     }
     Ok(fd_limits()?.0)
 }
+
+/// One row of the benchmark table `scripts/bench` ends with: the figure, its target (or
+/// "-"), and what was measured. Printed as a tab-separated line it picks out.
+pub fn table_row(figure: &str, target: &str, measured: &str) {
+    println!("TABLE\t{figure}\t{target}\t{measured}");
+}

@@ -193,6 +193,18 @@ async fn main() -> Result<()> {
         embedded.median.as_secs_f64() * 1e3,
         embedded.slowest.as_secs_f64() * 1e3
     );
+    table_row(
+        &format!("connect storm, {devices} devices: embedded broker"),
+        "-",
+        &format!("{:.0} connects/s", embedded.connects_per_sec),
+    );
+    if let Ok(m) = &mosq {
+        table_row(
+            &format!("connect storm, {devices} devices: Mosquitto"),
+            "-",
+            &format!("{:.0} connects/s", m.connects_per_sec),
+        );
+    }
     match mosq {
         Ok(m) => println!(
             "bench-connect: mosquitto at {mosquitto}: {:.0} connects/s; CONNACK wait median {:.0} ms, slowest {:.0} ms",

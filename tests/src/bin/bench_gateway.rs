@@ -183,6 +183,11 @@ async fn main() -> Result<()> {
         total as f64 / sent.as_secs_f64()
     );
 
+    e2e::table_row(
+        "gateway: pushes delivered per second (in process)",
+        "-",
+        &format!("{:.0}/s", got as f64 / elapsed.as_secs_f64()),
+    );
     let metrics = state.metrics.clone();
     let routed = || metrics.message_count(MessageKind::Progress);
     let utotal = (devices * uplinks_per_device) as u64;
@@ -220,6 +225,11 @@ async fn main() -> Result<()> {
         routed(),
         elapsed.as_secs_f64(),
         routed() as f64 / elapsed.as_secs_f64()
+    );
+    e2e::table_row(
+        "gateway: uplinks routed per second (in process)",
+        "-",
+        &format!("{:.0}/s", routed() as f64 / elapsed.as_secs_f64()),
     );
     Ok(())
 }

@@ -66,6 +66,15 @@ async fn main() -> Result<()> {
         peak as f64 / 1048576.0,
         rss_before as f64 / 1048576.0
     );
+    table_row(
+        &format!("device import, {rows} rows (SQLite)"),
+        "-",
+        &format!(
+            "{:.2} s, peak RSS {:.0} MB",
+            elapsed.as_secs_f64(),
+            peak as f64 / 1048576.0
+        ),
+    );
     // The server logs how long it read and validated the upload (no lock held) and how long
     // it wrote it (one transaction).
     if let Some(line) = srv.log.lock().ok().and_then(|l| {

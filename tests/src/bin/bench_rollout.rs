@@ -218,5 +218,20 @@ async fn main() -> Result<()> {
         peak as f64 / 1048576.0,
         rss_before as f64 / 1048576.0
     );
+    table_row(
+        &format!("rollout over {devices} devices, scope all + source version ({db})"),
+        "< 5 s",
+        &format!("{:.2} s", t_all.as_secs_f64()),
+    );
+    table_row(
+        &format!("rollout over a {devices}-row CSV, upload + create ({db})"),
+        "< 15 s",
+        &format!("{:.2} s", t_csv.as_secs_f64()),
+    );
+    table_row(
+        &format!("rollout creation peak RSS ({db})"),
+        "< 300 MB",
+        &format!("{:.0} MB", peak as f64 / 1048576.0),
+    );
     Ok(())
 }
