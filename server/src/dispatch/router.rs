@@ -371,6 +371,11 @@ impl Router {
     ) -> bool {
         let (pk, dn) = (device.product_key.as_str(), device.device.as_str());
         match &msg.kind {
+            // With the engine listening, it records version reports in its batches; the
+            // router never waits for the database per message (DESIGN §9).
+            Uplink::Inform { .. } if self.engine_answers => {
+                self.enos_ack(kind, pk, dn, msg.request_id.as_ref()).await;
+            }
             Uplink::Inform { module, version } => {
                 match self
                     .store

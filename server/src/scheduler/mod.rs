@@ -173,10 +173,21 @@ impl Scheduler {
             }
             _ => available,
         };
-        let all_online = !self.gateway.knows_presence();
+        // Connected by the gateway's word (the registry's flag is written in batches, so it
+        // can lag a device that just connected), or by the registry's; a gateway that cannot
+        // tell (an external broker) pushes to all.
+        let knows = self.gateway.knows_presence();
+        let online = |t: &PushTarget| {
+            !knows
+                || t.online
+                || self.gateway.is_connected(&DeviceIdentity {
+                    product_key: t.product_key.clone(),
+                    device: t.device_name.clone(),
+                }) == Some(true)
+        };
         let (released, targets) = self
             .store
-            .release_tasks(r.tenant_id, r.id, n, all_online, now)
+            .release_tasks(r.tenant_id, r.id, n, online, now)
             .await?;
         if released < n {
             if let Some(state) = &mut rate {
@@ -325,6 +336,16 @@ impl Scheduler {
                 },
             }
         }
+        let versions: Vec<_> = batch
+            .iter()
+            .filter_map(|ev| match &ev.kind {
+                DeviceEventKind::Message(Uplink::Inform { module, version }) => {
+                    Some((ev.device, module.clone(), version.clone(), ev.at))
+                }
+                _ => None,
+            })
+            .collect();
+        self.store.record_version_reports(&versions).await?;
         self.store.apply_reports(&reports, now).await?;
         // B1: devices whose reported version now matches a dynamic rollout join it
         self.store.join_dynamic_rollouts(&informed, now).await?;

@@ -163,6 +163,23 @@ pub(super) async fn transition(
         .collect())
 }
 
+/// `(?, ?, ?, ?), …` rows of (device_id, module, version, at), typed so that PostgreSQL
+/// reads the first and last as bigints.
+fn version_values<'a>(
+    rows: impl Iterator<Item = (i64, &'a str, &'a str, Millis)>,
+) -> (String, Vec<Value>) {
+    let mut sql = String::new();
+    let mut vals = Vec::new();
+    for (i, (d, m, v, at)) in rows.enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(CAST(? AS BIGINT), ?, ?, CAST(? AS BIGINT))");
+        vals.extend([Value::from(d), m.into(), v.into(), Value::from(at)]);
+    }
+    (sql, vals)
+}
+
 fn ids_in(ids: &[i64]) -> (String, Vec<Value>) {
     (
         placeholders(ids.len()),
@@ -335,14 +352,14 @@ impl Store {
 
     /// Releases up to `n` waiting tasks of a rollout, in task order: those whose device is
     /// online become `pushed` and are returned to be pushed; the others become `pending`
-    /// and are pushed when their device connects (R3). `all_online`: the gateway cannot
-    /// tell who is connected, so every released task is pushed.
+    /// and are pushed when their device connects (R3). `online` says whether a device can
+    /// be pushed to now (the gateway knows better than the registry's batched flag).
     pub async fn release_tasks(
         &self,
         tenant: TenantId,
         id: RolloutId,
         n: u64,
-        all_online: bool,
+        online: impl Fn(&PushTarget) -> bool,
         now: Millis,
     ) -> StoreResult<(u64, Vec<PushTarget>)> {
         if n == 0 {
@@ -372,8 +389,7 @@ impl Store {
         ))
         .all(&txn)
         .await?;
-        let (online, offline): (Vec<_>, Vec<_>) =
-            picked.into_iter().partition(|t| t.online || all_online);
+        let (online, offline): (Vec<_>, Vec<_>) = picked.into_iter().partition(|t| online(t));
         let mut released = 0;
         let mut pushed_ids = std::collections::HashSet::new();
         for chunk in online.chunks(MAX_BIND_PARAMS / 2) {
@@ -444,32 +460,18 @@ impl Store {
         }
         let txn = self.begin_write().await?;
         let backend = txn.get_database_backend();
-        for chunk in devices.chunks(MAX_BIND_PARAMS / 2) {
+        for chunk in devices.chunks(MAX_BIND_PARAMS / 4) {
             let ids: Vec<i64> = chunk.iter().map(|d| d.0).collect();
             let (ph, vals) = ids_in(&ids);
-            let mut found =
-                PushTarget::find_by_statement(stmt(
-                    backend,
-                    &format!(
-                    "SELECT t.id AS task_id, t.rollout_id, t.device_id, d.name AS device_name, \
-                     p.product_key, p.protocol, d.online FROM task t \
-                     JOIN device d ON d.id = t.device_id JOIN product p ON p.id = d.product_id \
-                     JOIN rollout r ON r.id = t.rollout_id \
-                     WHERE t.device_id IN ({ph}) AND t.state IN ({states}) \
-                     AND r.state = 'running' AND r.push_mode = 'push' ORDER BY t.id",
-                    states = if repush { "'pending', 'pushed'" } else { "'pending'" }
-                ),
-                    vals.clone(),
-                ))
-                .all(&txn)
-                .await?;
-            transition(
+            // the move first, then what to send is read by the tasks moved (and, on a
+            // reconnect, those pushed before): a release committed meanwhile is not missed
+            let moved = transition(
                 &txn,
                 &format!(
                     "device_id IN ({ph}) AND state = 'pending' AND rollout_id IN \
                      (SELECT id FROM rollout WHERE state = 'running' AND push_mode = 'push')"
                 ),
-                vals,
+                vals.clone(),
                 TaskState::Pushed,
                 &format!(", pushed_at = {now}"),
                 vec![],
@@ -477,6 +479,32 @@ impl Store {
                 "pushed: the device connected",
                 now,
             )
+            .await?;
+            let moved: Vec<i64> = moved.into_iter().map(|m| m.0).collect();
+            let mut filter = if moved.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                format!("t.id IN ({})", placeholders(moved.len()))
+            };
+            let mut all_vals: Vec<Value> = moved.iter().map(|i| Value::from(*i)).collect();
+            if repush {
+                filter = format!(
+                    "({filter}) OR (t.device_id IN ({ph}) AND t.state = 'pushed' \
+                     AND r.state = 'running' AND r.push_mode = 'push')"
+                );
+                all_vals.extend(vals);
+            }
+            let mut found = PushTarget::find_by_statement(stmt(
+                backend,
+                &format!(
+                    "SELECT t.id AS task_id, t.rollout_id, t.device_id, d.name AS device_name, \
+                     p.product_key, p.protocol, d.online FROM task t \
+                     JOIN device d ON d.id = t.device_id JOIN product p ON p.id = d.product_id \
+                     JOIN rollout r ON r.id = t.rollout_id WHERE {filter} ORDER BY t.id"
+                ),
+                all_vals,
+            ))
+            .all(&txn)
             .await?;
             out.append(&mut found);
         }
@@ -908,6 +936,64 @@ impl Store {
         }
         txn.commit().await?;
         Ok(out)
+    }
+
+    /// Records a batch of version reports (V1, V2) in one transaction: each device's current
+    /// version per module (the latest report in the batch wins) and every report in the
+    /// history. A module past the per-device limit, or a device deleted meanwhile, is skipped.
+    pub async fn record_version_reports(
+        &self,
+        reports: &[(DeviceId, ModuleName, Version, Millis)],
+    ) -> StoreResult<()> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let mut latest: BTreeMap<(i64, &str), (&str, Millis)> = BTreeMap::new();
+        for (d, m, v, at) in reports {
+            latest.insert((d.0, m.as_str()), (v.as_str(), *at));
+        }
+        let txn = self.begin_write().await?;
+        let backend = txn.get_database_backend();
+        let limit = limits::MAX_MODULES_PER_DEVICE;
+        // the module is known, or the device has room for one more
+        let allowed = format!(
+            "(EXISTS (SELECT 1 FROM device_module m WHERE m.device_id = d.id AND m.module = v.module) \
+             OR (SELECT COUNT(*) FROM device_module m WHERE m.device_id = d.id) < {limit})"
+        );
+        let rows: Vec<(i64, &str, &str, Millis)> = latest
+            .iter()
+            .map(|((d, m), (v, at))| (*d, *m, *v, *at))
+            .collect();
+        for chunk in rows.chunks(MAX_BIND_PARAMS / 4) {
+            let (values, vals) = version_values(chunk.iter().copied());
+            let up = format!(
+                "WITH v(device_id, module, version, at) AS (VALUES {values}) \
+                 INSERT INTO device_module (device_id, module, tenant_id, product_id, version, updated_at) \
+                 SELECT d.id, v.module, d.tenant_id, d.product_id, v.version, v.at FROM v \
+                 JOIN device d ON d.id = v.device_id WHERE {allowed} \
+                 ON CONFLICT (device_id, module) DO UPDATE SET version = excluded.version, \
+                 updated_at = excluded.updated_at"
+            );
+            txn.execute(stmt(backend, &up, vals)).await?;
+        }
+        // every report in the history, duplicates within the batch included
+        let all: Vec<(i64, &str, &str, Millis)> = reports
+            .iter()
+            .map(|(d, m, v, at)| (d.0, m.as_str(), v.as_str(), *at))
+            .collect();
+        for chunk in all.chunks(MAX_BIND_PARAMS / 4) {
+            let (values, vals) = version_values(chunk.iter().copied());
+            let hist = format!(
+                "WITH v(device_id, module, version, at) AS (VALUES {values}) \
+                 INSERT INTO version_report (tenant_id, device_id, module, version, reported_at) \
+                 SELECT d.tenant_id, d.id, v.module, v.version, v.at FROM v \
+                 JOIN device d ON d.id = v.device_id \
+                 JOIN device_module dm ON dm.device_id = d.id AND dm.module = v.module"
+            );
+            txn.execute(stmt(backend, &hist, vals)).await?;
+        }
+        txn.commit().await?;
+        Ok(())
     }
 
     /// G2: pauses a running rollout by hand.
