@@ -684,13 +684,45 @@ async fn pull_mode_and_offline_devices(db: Db) {
     assert_eq!(task_row(&e, push, g.devices[0]).await.0, "pending");
 }
 
-// Progress 100 alone is not success; the version report is (V1). A verification rollout
-// whose devices all succeed marks its package verified (P2 / issue: rollouts and tasks).
+// SPEC P2
+// Progress 100 alone is not success; the version report is (V1). A product that requires
+// verification refuses an update rollout of its unverified package; a verification rollout
+// whose devices all succeed marks the package verified, and then an update rollout is taken.
 async fn success_only_by_version_report_and_verification_marks_the_package(db: Db) {
     let e = EngineCtx::new(db).await;
     let app = e.t.service().await;
     let key = e.t.admin.as_str();
     let f = fleet(&e, &app, 2, true, false).await;
+    let product = call(
+        &app,
+        Some(key),
+        "GET",
+        &format!("/v1/packages/{}", f.package),
+        None,
+    )
+    .await
+    .json()["product_id"]
+        .as_i64()
+        .unwrap();
+    call(
+        &app,
+        Some(key),
+        "PATCH",
+        &format!("/v1/products/{product}"),
+        Some(json!({"require_verification": true})),
+    )
+    .await
+    .expect(200);
+    let update = json!({"type": "update", "scope": {"kind": "all"}});
+    let refused = post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/rollouts", f.package),
+        update.clone(),
+    )
+    .await;
+    refused.expect(409);
+    assert!(refused.text().contains("verif"), "{}", refused.text());
     let id = create(&app, key, f.package, json!({"scope": {"kind": "all"}})).await;
     assert_eq!(rollout(&app, key, id).await["type"], "verification");
     advance(&app, key, 1).await;
@@ -724,6 +756,15 @@ async fn success_only_by_version_report_and_verification_marks_the_package(db: D
     )
     .await;
     assert_eq!(p.json()["status"], "verified");
+    // verified: an update rollout of it is taken now
+    post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/rollouts", f.package),
+        update,
+    )
+    .await
+    .expect(201);
 }
 
 /// Records a version report as the router does before handing the report up.
@@ -740,10 +781,13 @@ async fn reported(e: &EngineCtx, f: &Fleet, i: usize, version: &str) -> DeviceEv
     inform(f, i, version)
 }
 
-// SPEC B1 and B3 (with R12): a dynamic rollout takes a device that is activated later (its
-// first version report) and one whose reported version comes to match, while it runs; a
-// device updated 10 times by it is not taken again; with "only new reports" nothing is taken
-// at creation.
+// SPEC B1
+// SPEC B3
+// SPEC R12
+// A dynamic rollout takes a device that is activated later (its first version report) and
+// one whose reported version comes to match, while it runs; a device updated 10 times by it
+// is not taken again; with "only new reports" nothing is taken at creation, and a device
+// reporting after the start is.
 async fn dynamic_rollouts_take_devices_that_come_to_match(db: Db) {
     let e = EngineCtx::new(db).await;
     let app = e.t.service().await;
@@ -836,10 +880,12 @@ where
     .await
 }
 
-// SPEC R6 and R16 (and B9's change of a running dynamic rollout's source versions): the
-// rate of a running rollout changes but not its kind; an added source version brings in the
-// devices already on it; a new device timeout applies only to tasks made from then on, and
-// can be removed. Tags change too (what the push carries is the gateway tests' part).
+// SPEC R6
+// SPEC R16
+// The rate of a running rollout changes but not its kind; an added source version brings in
+// the devices already on it (part of B9; its removal and the group-scope refusal are not
+// tested here); a new device timeout applies only to tasks made from then on, and can be
+// removed. Tags change too (part of R15: what the push carries is not checked here).
 async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
     let e = EngineCtx::new(db).await;
     let app = e.t.service().await;
