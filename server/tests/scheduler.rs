@@ -882,9 +882,10 @@ where
 
 // SPEC R6
 // SPEC R16
-// The rate of a running rollout changes but not its kind; an added source version brings in
-// the devices already on it (part of B9; its removal and the group-scope refusal are not
-// tested here); a new device timeout applies only to tasks made from then on, and can be
+// The rate of a running rollout changes but not its kind; a dynamic rollout's source
+// versions change (B9's running-rollout rules: an added version brings in the devices on it,
+// a removed one leaves its tasks alone, a group-scoped one refuses; B9's creation rules are
+// in api_rollouts); a new device timeout applies only to tasks made from then on, and can be
 // removed. Tags change too (part of R15: what the push carries is not checked here).
 async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
     let e = EngineCtx::new(db).await;
@@ -978,6 +979,34 @@ async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
     assert_eq!(r.json()["tags"], json!({"b": "2"}));
     let r = patch(&app, key, id, json!({"tags": {"bad key": "x"}})).await;
     r.expect(400);
+    // B9: a removed version leaves the tasks of devices on it alone, and takes no more
+    let before = rollout(&app, key, id).await;
+    patch(&app, key, id, json!({"source_versions": ["1.1.0"]}))
+        .await
+        .expect(200);
+    let ev = vec![reported(&e, &f, 36, "1.0.0").await];
+    e.engine.apply_events(&ev).await.unwrap();
+    let after = rollout(&app, key, id).await;
+    assert_eq!(after["tasks_created"], before["tasks_created"]);
+    assert_eq!(after["counts"], before["counts"]);
+    // B9: a group-scoped dynamic rollout's source versions do not change
+    let h = fleet(&e, &app, 1, true, true).await;
+    let group = post(&app, key, "/v1/groups", json!({"name": "g"}))
+        .await
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let grouped = create(
+        &app,
+        key,
+        h.package,
+        json!({"method": "dynamic", "scope": {"kind": "group", "group_id": group},
+               "source_versions": ["1.0.0"]}),
+    )
+    .await;
+    let r = patch(&app, key, grouped, json!({"source_versions": ["1.1.0"]})).await;
+    r.expect(400);
+    assert_eq!(r.json()["field"], "source_versions");
     // a static rollout's source versions and timeout do not change
     let g = fleet(&e, &app, 1, true, true).await;
     let st = create(&app, key, g.package, json!({"scope": {"kind": "all"}})).await;
