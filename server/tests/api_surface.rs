@@ -217,6 +217,7 @@ fn body_for(op: &str, fx: &Fixture) -> (&'static str, Vec<u8>) {
         "PUT /v1/packages/{id}/files/{name}" => ("application/octet-stream", b"walk".to_vec()),
         "POST /v1/packages/{id}/rollouts" => j(json!({"scope": {"kind": "all"}})),
         "POST /v1/rollouts/{id}/tasks/cancel" => j(json!({"states": ["waiting"]})),
+        "PATCH /v1/rollouts/{id}" => j(json!({"tags": {"walk": "x"}})),
         "POST /v1/packages/{id}/tasks/cancel" => j(json!({"device_ids": [device]})),
         "POST /v1/tasks/confirm" => j(json!({"task_ids": [fx.ids["task"]]})),
         "POST /v1/products/{id}/device-lists" => ("text/csv", b"deviceName\nwalk\n".to_vec()),
