@@ -174,6 +174,9 @@ pub async fn start_device(
                 Event::Incoming(Packet::Publish(p))
                     if p.topic.starts_with("/ota/device/upgrade/") =>
                 {
+                    let at = stats.elapsed_ms();
+                    stats.first_push_ms.fetch_min(at, Ordering::Relaxed);
+                    stats.last_push_ms.fetch_max(at, Ordering::Relaxed);
                     stats.pushes.fetch_add(1, Ordering::Relaxed);
                     let Ok(msg) = serde_json::from_slice::<Value>(&p.payload) else {
                         continue;

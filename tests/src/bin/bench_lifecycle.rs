@@ -30,7 +30,10 @@ struct Figures {
 
 async fn run(devices: usize, mode: &str) -> Result<Figures> {
     let mut env = vec![
-        ("OTA_LOG__LEVEL".to_owned(), "warn".to_owned()),
+        (
+            "OTA_LOG__LEVEL".to_owned(),
+            "warn,ota_server=info".to_owned(),
+        ),
         // every device's push in one tick, and its reports in large batches
         (
             "OTA_SCHEDULER__MAX_RELEASE_PER_TICK".to_owned(),
@@ -228,7 +231,7 @@ async fn main() -> Result<()> {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
     let fds = raise_fd_limit()?;
-    if (fds as usize) < 2 * devices + 1000 {
+    if (fds as usize) < devices + 1000 {
         bail!("the open-file limit is {fds}; {devices} devices need more (raise `ulimit -n`)");
     }
     println!("bench-lifecycle: {devices} simulated Link Kit devices, a rollout with no rate limit, each device: push -> progress 50 -> reports the new version");
