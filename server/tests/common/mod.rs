@@ -17,6 +17,8 @@ use ota_server::store::Store;
 use serde_json::Value;
 use std::sync::Arc;
 
+pub mod sdk;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
     Sqlite,
@@ -103,7 +105,13 @@ impl TestCtx {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let t = Self::build(db, tweak, base.clone()).await;
-        let state = t.state.clone();
+        t.serve_http(listener);
+        (t, base)
+    }
+
+    /// Serves the API on `listener` in a thread of its own, until the process ends.
+    fn serve_http(&self, listener: std::net::TcpListener) {
+        let state = self.state.clone();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 actix_web::HttpServer::new(move || {
@@ -116,7 +124,6 @@ impl TestCtx {
                 .await
             })
         });
-        (t, base)
     }
 
     async fn build(db: Db, tweak: impl FnOnce(&mut Config), public_url: String) -> Self {
@@ -320,6 +327,30 @@ impl EngineCtx {
             tweak(c);
         })
         .await;
+        Self::start(t).await
+    }
+
+    /// As [`EngineCtx::with_config`], with the API also served on a real port (in a thread of
+    /// its own, started once the engine and the manual clock are in place), so devices
+    /// download from the URLs the engine signs. Returns the base URL too.
+    pub async fn with_http(db: Db, tweak: impl FnOnce(&mut Config)) -> (Self, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let t = TestCtx::build(
+            db,
+            |c| {
+                c.mqtt.port = 0;
+                tweak(c);
+            },
+            base.clone(),
+        )
+        .await;
+        let e = Self::start(t).await;
+        e.t.serve_http(listener);
+        (e, base)
+    }
+
+    async fn start(t: TestCtx) -> Self {
         let (up, events) = tokio::sync::mpsc::channel(16_384);
         let gateway = ota_server::app::start_gateway(&t.state, None, Some(up))
             .await

@@ -1,0 +1,124 @@
+//! Devices built with the vendors' real SDKs, run unchanged as Python processes
+//! (`tests/sdk/*.py`), for the tests that drive them: a process whose stdout events a test
+//! follows. The SDKs live in the project's venv (`scripts/test` creates it; `SDK_PYTHON`
+//! overrides the interpreter).
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// How long a test waits for any one thing a device does.
+pub const WAIT: Duration = Duration::from_secs(40);
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn python() -> PathBuf {
+    std::env::var("SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".venv/bin/python"))
+}
+
+/// A running SDK device process whose stdout events the test follows.
+pub struct Device {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Device {
+    pub fn spawn(script: &str, args: &[String]) -> Self {
+        let py = python();
+        assert!(
+            py.exists(),
+            "{} is missing: run scripts/test (it creates the SDK venv)",
+            py.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("stderr.log");
+        let mut child = tokio::process::Command::new(py)
+            .arg(root().join("tests/sdk").join(script))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        Self {
+            child,
+            lines: BufReader::new(out).lines(),
+            seen: vec![],
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// Reads events until `event` comes; panics with everything seen on timeout or exit.
+    pub async fn expect(&mut self, event: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
+            match line {
+                Ok(Ok(Some(l))) => {
+                    self.seen.push(l.clone());
+                    let v: Value =
+                        serde_json::from_str(&l).unwrap_or(json!({"event": "?", "raw": l}));
+                    if v["event"] == event {
+                        return v;
+                    }
+                }
+                other => {
+                    // the process may still be writing its traceback
+                    let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+                    let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                    let tail: String = err
+                        .chars()
+                        .rev()
+                        .take(3000)
+                        .collect::<String>()
+                        .chars()
+                        .rev()
+                        .collect();
+                    panic!(
+                        "waiting for {event:?}: {other:?}; device said {:?}; stderr tail:\n{tail}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// The first of several events, whichever comes.
+    pub async fn expect_any(&mut self, events: &[&str]) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+                Ok(Ok(Some(l))) => {
+                    self.seen.push(l.clone());
+                    let v: Value = serde_json::from_str(&l).unwrap_or(json!({"event": "?"}));
+                    if events.iter().any(|e| v["event"] == *e) {
+                        return v;
+                    }
+                }
+                other => panic!(
+                    "waiting for {events:?}: {other:?}; device said {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    pub async fn finish(mut self) -> i32 {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
