@@ -121,9 +121,8 @@ async fn main() -> Result<()> {
             let url = format!("sqlite://{}", srv.data_dir.join("ota.db").display());
             let mut c = sqlx::SqliteConnection::connect(&url).await?;
             sqlx::query(versions).execute(&mut c).await?;
-            sqlx::query("ANALYZE device, device_module, task")
-                .execute(&mut c)
-                .await?;
+            // SQLite's ANALYZE takes one name or none
+            sqlx::query("ANALYZE").execute(&mut c).await?;
         }
     }
     let rss_before = peak_rss_bytes(pid).unwrap_or(0);
