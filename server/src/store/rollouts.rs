@@ -1999,6 +1999,11 @@ async fn finish_device_list(
     .await?;
     if backend == DbBackend::Sqlite {
         txn.execute_unprepared("DELETE FROM staged_name").await?;
+    } else {
+        // Fresh statistics for the planner: without them it takes a million-member list
+        // for a few thousand and probes device, device_module and task once per member
+        // when a rollout is created over it (a nested loop of tens of seconds).
+        txn.execute_unprepared("ANALYZE device_list_member").await?;
     }
     Ok((DeviceListId(list.id), n))
 }
