@@ -522,16 +522,7 @@ impl RolloutChange {
                         "only a dynamic rollout's device timeout can change",
                     ));
                 }
-                let t = t
-                    .map(|n| {
-                        in_range(
-                            "timeout_minutes",
-                            n,
-                            L::TIMEOUT_MINUTES,
-                            "the device timeout (minutes)",
-                        )
-                    })
-                    .transpose()?;
+                let t = t.map(timeout_minutes).transpose()?;
                 match (t, spec.retry) {
                     (Some(t), Some(r)) if r.interval_minutes >= t => {
                         return Err(Invalid::new(
@@ -563,6 +554,16 @@ impl RolloutChange {
             tags: self.tags,
         })
     }
+}
+
+/// R9: a device timeout, 1..1440 minutes.
+fn timeout_minutes(n: i64) -> Result<u32, Invalid> {
+    in_range(
+        "timeout_minutes",
+        n,
+        L::TIMEOUT_MINUTES,
+        "the device timeout (minutes)",
+    )
 }
 
 fn local_day(at: Millis, offset_minutes: i32) -> i64 {
@@ -754,17 +755,7 @@ impl RolloutRequest {
             .transpose()?;
 
         // Retry and timeout (R8, R9).
-        let timeout_minutes = r
-            .timeout_minutes
-            .map(|n| {
-                in_range(
-                    "timeout_minutes",
-                    n,
-                    L::TIMEOUT_MINUTES,
-                    "the device timeout (minutes)",
-                )
-            })
-            .transpose()?;
+        let timeout_minutes = r.timeout_minutes.map(timeout_minutes).transpose()?;
         let retry = match r.retry {
             None => None,
             Some((interval, count)) => {

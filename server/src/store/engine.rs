@@ -201,16 +201,21 @@ fn device_actor() -> Actor {
     }
 }
 
-fn to_active(m: rollout::Model) -> ActiveRollout {
-    let succeeded_total = u64::try_from(m.succeeded_total).unwrap_or(0);
-    let ticked_at = m.ticked_at;
-    let paused_at = m.paused_at;
-    let saved = m.rate_per_minute.map(|per_minute| RateState {
+/// The rate state a rollout row holds, once the engine has saved one.
+pub(super) fn saved_rate(m: &rollout::Model) -> Option<RateState> {
+    m.rate_per_minute.map(|per_minute| RateState {
         per_minute: u32::try_from(per_minute).unwrap_or(0),
         next_threshold: m.rate_next_threshold.and_then(|n| u64::try_from(n).ok()),
         bucket: m.rate_bucket,
         released: u64::try_from(m.released_total).unwrap_or(0),
-    });
+    })
+}
+
+fn to_active(m: rollout::Model) -> ActiveRollout {
+    let succeeded_total = u64::try_from(m.succeeded_total).unwrap_or(0);
+    let ticked_at = m.ticked_at;
+    let paused_at = m.paused_at;
+    let saved = saved_rate(&m);
     let rollout = to_rollout(m);
     let rate = rollout
         .spec
@@ -392,46 +397,45 @@ impl Store {
         let (online, offline): (Vec<_>, Vec<_>) = picked.into_iter().partition(|t| online(t));
         let mut released = 0;
         let mut pushed_ids = std::collections::HashSet::new();
-        for chunk in online.chunks(MAX_BIND_PARAMS / 2) {
-            let ids: Vec<i64> = chunk.iter().map(|t| t.task_id).collect();
-            let (ph, vals) = ids_in(&ids);
-            let moved = transition(
-                &txn,
-                &format!("id IN ({ph}) AND state = 'waiting'"),
-                vals,
+        let push_now = format!(", pushed_at = {now}");
+        let policy = Actor {
+            cause: Cause::Policy,
+            who: None,
+        };
+        for (group, to, set, detail) in [
+            (
+                &online,
                 TaskState::Pushed,
-                &format!(", pushed_at = {now}"),
-                vec![],
-                &Actor {
-                    cause: Cause::Policy,
-                    who: None,
-                },
+                push_now.as_str(),
                 "released and pushed",
-                now,
-            )
-            .await?;
-            released += moved.len() as u64;
-            pushed_ids.extend(moved.into_iter().map(|m| m.0));
-        }
-        for chunk in offline.chunks(MAX_BIND_PARAMS / 2) {
-            let ids: Vec<i64> = chunk.iter().map(|t| t.task_id).collect();
-            let (ph, vals) = ids_in(&ids);
-            let moved = transition(
-                &txn,
-                &format!("id IN ({ph}) AND state = 'waiting'"),
-                vals,
+            ),
+            (
+                &offline,
                 TaskState::Pending,
                 "",
-                vec![],
-                &Actor {
-                    cause: Cause::Policy,
-                    who: None,
-                },
                 "released; the device is offline, pushed when it connects",
-                now,
-            )
-            .await?;
-            released += moved.len() as u64;
+            ),
+        ] {
+            for chunk in group.chunks(MAX_BIND_PARAMS / 2) {
+                let ids: Vec<i64> = chunk.iter().map(|t| t.task_id).collect();
+                let (ph, vals) = ids_in(&ids);
+                let moved = transition(
+                    &txn,
+                    &format!("id IN ({ph}) AND state = 'waiting'"),
+                    vals,
+                    to,
+                    set,
+                    vec![],
+                    &policy,
+                    detail,
+                    now,
+                )
+                .await?;
+                released += moved.len() as u64;
+                if to == TaskState::Pushed {
+                    pushed_ids.extend(moved.into_iter().map(|m| m.0));
+                }
+            }
         }
         txn.commit().await?;
         Ok((

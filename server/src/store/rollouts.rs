@@ -872,14 +872,7 @@ impl Store {
             }
             let pkg = self.get_package(r.tenant_id, r.package_id).await?;
             let selection = self.scope_selection(r.tenant_id, &r.spec).await?;
-            let list = match &r.spec.scope {
-                Scope::Selected(DeviceSource::List(l))
-                | Scope::Phased {
-                    devices: DeviceSource::List(l),
-                    ..
-                } => Some(*l),
-                _ => None,
-            };
+            let list = list_of(&r.spec.scope);
             let txn = self.begin_write().await?;
             let backend = txn.get_database_backend();
             lock_tenant(&txn, r.tenant_id).await?;
@@ -1018,12 +1011,7 @@ impl Store {
         let mut what = Vec::new();
         let mut upd = rollout::Entity::update_many().filter(rollout::Column::Id.eq(id.0));
         if let Some(rate) = &change.rate {
-            let saved = m.rate_per_minute.map(|p| RateState {
-                per_minute: u32::try_from(p).unwrap_or(0),
-                next_threshold: m.rate_next_threshold.and_then(|n| u64::try_from(n).ok()),
-                bucket: m.rate_bucket,
-                released: u64::try_from(m.released_total).unwrap_or(0),
-            });
+            let saved = super::engine::saved_rate(&m);
             let old = r.spec.rate.as_ref().map(RateState::initial);
             let state = saved
                 .or(old)
@@ -1105,14 +1093,7 @@ impl Store {
                 if !added.is_empty() {
                     let mut spec = r.spec.clone();
                     spec.source_versions = added;
-                    let list = match &spec.scope {
-                        Scope::Selected(DeviceSource::List(l))
-                        | Scope::Phased {
-                            devices: DeviceSource::List(l),
-                            ..
-                        } => Some(*l),
-                        _ => None,
-                    };
+                    let list = list_of(&spec.scope);
                     let cond = self
                         .task_condition(backend, tenant, &pkg, &spec, selection.as_ref(), list)
                         .add(not_capped_in(id));
@@ -1873,6 +1854,18 @@ fn rename_field(e: StoreError, from: &str, to: &str) -> StoreError {
             StoreError::Invalid(i)
         }
         other => other,
+    }
+}
+
+/// The uploaded device list a selected or phased scope names.
+fn list_of(scope: &Scope) -> Option<DeviceListId> {
+    match scope {
+        Scope::Selected(DeviceSource::List(l))
+        | Scope::Phased {
+            devices: DeviceSource::List(l),
+            ..
+        } => Some(*l),
+        _ => None,
     }
 }
 
