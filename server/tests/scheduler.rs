@@ -135,6 +135,23 @@ where
     r.json()["id"].as_i64().unwrap()
 }
 
+/// Asserts that creating a rollout of `package` with `body` answers 400 naming `field`.
+async fn refused<S, B>(app: &S, key: &str, package: i64, body: Value, field: &str)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = post(
+        app,
+        key,
+        &format!("/v1/packages/{package}/rollouts"),
+        body.clone(),
+    )
+    .await;
+    r.expect(400);
+    assert_eq!(r.json()["field"], field, "{body}");
+}
+
 async fn advance<S, B>(app: &S, key: &str, seconds: u64)
 where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -251,6 +268,25 @@ async fn the_seed_worked_example_counted_on_pushes(db: Db) {
     let app = e.t.service().await;
     let key = e.t.admin.as_str();
     let f = fleet(&e, &app, 20_000, true, true).await;
+    let v = |base: i64, factor: f64, max: i64, threshold: i64| {
+        json!({"scope": {"kind": "all"}, "rate": {"kind": "variable", "base": base,
+               "factor": factor, "max": max, "threshold": threshold}})
+    };
+    refused(&app, key, f.package, v(0, 2.0, 100, 10), "rate.base").await;
+    refused(&app, key, f.package, v(200, 2.0, 100, 10), "rate.base").await;
+    refused(&app, key, f.package, v(5, 1.19, 100, 10), "rate.factor").await;
+    refused(&app, key, f.package, v(5, 5.01, 100, 10), "rate.factor").await;
+    refused(&app, key, f.package, v(5, 2.0, 9, 10), "rate.max").await;
+    refused(&app, key, f.package, v(5, 2.0, 10_001, 10), "rate.max").await;
+    refused(&app, key, f.package, v(5, 2.0, 100, 0), "rate.threshold").await;
+    refused(
+        &app,
+        key,
+        f.package,
+        v(5, 2.0, 100, 100_001),
+        "rate.threshold",
+    )
+    .await;
     let id = create(
         &app,
         key,
@@ -259,6 +295,16 @@ async fn the_seed_worked_example_counted_on_pushes(db: Db) {
                "max": 10000, "threshold": 1000, "count_on": "pushed"}}),
     )
     .await;
+    // the factor is kept to two decimals (this one takes no device: they all have a task)
+    let r = post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/rollouts", f.package),
+        v(50, 1.999, 10_000, 1_000),
+    )
+    .await;
+    r.expect(201);
+    assert_eq!(r.json()["rate"]["factor"], 2.0);
     let mut at = 0u64;
     for (sec, want) in [
         (60, 50),
@@ -413,6 +459,15 @@ async fn retries_after_the_interval_up_to_the_count(db: Db) {
     let app = e.t.service().await;
     let key = e.t.admin.as_str();
     let f = fleet(&e, &app, 1, true, true).await;
+    // the seed's choices only: no retry, at once, 10, 30, 60 or 1440 minutes; 1, 2 or 5 times
+    for (interval, count, field) in [
+        (15, 1, "retry.interval_minutes"),
+        (10, 3, "retry.max_retries"),
+    ] {
+        let body = json!({"scope": {"kind": "all"},
+            "retry": {"interval_minutes": interval, "max_retries": count}});
+        refused(&app, key, f.package, body, field).await;
+    }
     let id = create(
         &app,
         key,
@@ -465,6 +520,10 @@ async fn timeout_from_first_progress_not_restarted_and_not_retried_unless_opted_
     let key = e.t.admin.as_str();
     let a = fleet(&e, &app, 1, true, true).await;
     let b = fleet(&e, &app, 1, true, true).await;
+    for bad in [0, 1_441] {
+        let body = json!({"scope": {"kind": "all"}, "timeout_minutes": bad});
+        refused(&app, key, a.package, body, "timeout_minutes").await;
+    }
     let plain = create(
         &app,
         key,
@@ -571,6 +630,36 @@ async fn scheduled_start_and_end_cancel_unpushed_tasks(db: Db) {
     let app = e.t.service().await;
     let key = e.t.admin.as_str();
     let f = fleet(&e, &app, 1_000, true, true).await;
+    let at = |ms: i64| ota_server::clock::rfc3339(T0 + ms);
+    let (day, hour) = (86_400_000, 3_600_000);
+    let sched = |start: i64, end: Option<i64>| {
+        json!({"scope": {"kind": "all"}, "schedule": {"start_at": at(start),
+               "end_at": end.map(at)}})
+    };
+    refused(
+        &app,
+        key,
+        f.package,
+        sched(7 * day + 1, None),
+        "schedule.start_at",
+    )
+    .await;
+    refused(
+        &app,
+        key,
+        f.package,
+        sched(0, Some(hour - 1)),
+        "schedule.end_at",
+    )
+    .await;
+    refused(
+        &app,
+        key,
+        f.package,
+        sched(0, Some(30 * day + 1)),
+        "schedule.end_at",
+    )
+    .await;
     let start = ota_server::clock::rfc3339(T0 + 600_000);
     let end = ota_server::clock::rfc3339(T0 + 600_000 + 3_600_000);
     let id = create(
@@ -602,6 +691,11 @@ async fn daily_repeat_pushes_only_inside_the_window(db: Db) {
     let app = e.t.service().await;
     let key = e.t.admin.as_str();
     let f = fleet(&e, &app, 1_000, true, true).await;
+    // start and end on two dates: refused
+    let r = json!({"scope": {"kind": "all"}, "schedule": {
+        "start_at": ota_server::clock::rfc3339(T0 + 3_600_000),
+        "end_at": ota_server::clock::rfc3339(T0 + 25 * 3_600_000), "daily_repeat": true}});
+    refused(&app, key, f.package, r, "schedule.daily_repeat").await;
     // T0 is 2026-11-18 (UTC); a window from one hour ahead, one hour long
     let start = T0 + 3_600_000;
     let end = start + 3_600_000;
