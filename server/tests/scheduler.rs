@@ -776,6 +776,14 @@ async fn pull_mode_and_offline_devices(db: Db) {
         .unwrap();
     assert_eq!(task_row(&e, push, g.devices[1]).await.0, "pushed");
     assert_eq!(task_row(&e, push, g.devices[0]).await.0, "pending");
+    // in push mode a device may still ask, and gets its task at once
+    let ask_push = report(
+        &g,
+        0,
+        DeviceEventKind::Message(Uplink::Pull { module: None }),
+    );
+    e.engine.apply_events(&[ask_push]).await.unwrap();
+    assert_eq!(task_row(&e, push, g.devices[0]).await.0, "pushed");
 }
 
 // SPEC P2
