@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_foundation;
 mod m20261201_000001_rollouts;
 mod m20261204_000001_scheduler;
+mod m20261204_000002_safety;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_foundation::Migration),
             Box::new(m20261201_000001_rollouts::Migration),
             Box::new(m20261204_000001_scheduler::Migration),
+            Box::new(m20261204_000002_safety::Migration),
         ]
     }
 }

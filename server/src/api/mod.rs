@@ -16,6 +16,7 @@ mod openapi;
 mod packages;
 mod products;
 mod rollouts;
+mod safety;
 mod search;
 mod spool;
 pub(crate) mod stream;
@@ -100,6 +101,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(assets::configure)
             .configure(packages::configure)
             .configure(rollouts::configure)
+            .configure(safety::configure)
             .configure(clock::configure(manual))
             .default_service(web::to(not_routed));
     }

@@ -50,6 +50,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::assets::Doc::openapi(),
         super::packages::Doc::openapi(),
         super::rollouts::Doc::openapi(),
+        super::safety::Doc::openapi(),
         super::downloads::Doc::openapi(),
     ] {
         doc.merge(part);

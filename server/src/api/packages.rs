@@ -88,6 +88,11 @@ pub struct PackageDto {
     pub status: PackageStatus,
     pub description: String,
     pub created_at: String,
+    /// G5: when the package was withdrawn (no new rollout may use it until reinstated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withdrawn_reason: Option<String>,
     /// Files in upload order.
     pub files: Vec<PackageFileDto>,
 }
@@ -141,11 +146,19 @@ fn package_dto(state: &AppState, p: Package, files: Vec<PackageFile>, now: Milli
         status: p.status,
         description: p.description,
         created_at: rfc3339(p.created_at),
+        withdrawn_at: p.withdrawn.as_ref().map(|(at, _)| rfc3339(*at)),
+        withdrawn_reason: p.withdrawn.map(|(_, why)| why),
         files: files
             .into_iter()
             .map(|f| file_dto(state, f, p.sign_method, now))
             .collect(),
     }
+}
+
+/// A package with its files, as every package reply shows it.
+pub(super) async fn package_reply(state: &AppState, p: Package, now: Millis) -> ApiResult<PackageDto> {
+    let files = state.store.package_files(p.tenant_id, p.id).await?;
+    Ok(package_dto(state, p, files, now))
 }
 
 fn parse_kind(v: Option<&str>) -> Result<PackageKind, ApiError> {

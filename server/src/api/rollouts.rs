@@ -160,6 +160,18 @@ pub struct CreateRollout {
     pub tags: BTreeMap<String, String>,
     /// Default true; false creates a `draft` to start by hand.
     pub start_on_creation: Option<bool>,
+    /// G1: at most 10 rules; the first that is met pauses or cancels the rollout.
+    #[serde(default)]
+    pub abort_rules: Vec<super::safety::AbortRuleDto>,
+    /// G3: none, or 2 to 10 ordered waves (static rollouts only).
+    #[serde(default)]
+    pub waves: Vec<super::safety::WaveDto>,
+    /// G4: pushes only inside these windows (not with a daily repeat, nor in pull mode).
+    pub window: Option<super::safety::WindowDto>,
+    /// G6: devices already on the target get a task too (static rollouts only); such a
+    /// task succeeds only on a version report after the device reported progress.
+    #[serde(default)]
+    pub force_reinstall: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -239,9 +251,24 @@ pub struct RolloutDto {
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    pub abort_rules: Vec<super::safety::AbortRuleOut>,
+    /// Finished tasks by outcome, as the abort rules count them.
+    pub outcomes: super::safety::OutcomesOut,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<super::safety::WaveOut>,
+    /// The wave running now (1-based), with waves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_wave: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<super::safety::WindowOut>,
+    pub force_reinstall: bool,
 }
 
-fn rollout_dto(r: Rollout, counts: Option<&TaskCounts>) -> RolloutDto {
+fn rollout_dto(
+    r: Rollout,
+    counts: Option<&TaskCounts>,
+    waves: Option<&[crate::store::WaveCounts]>,
+) -> RolloutDto {
     let s = r.spec;
     let mut c = BTreeMap::new();
     let mut succeeded = 0;
@@ -288,32 +315,7 @@ fn rollout_dto(r: Rollout, counts: Option<&TaskCounts>) -> RolloutDto {
         daily_repeat: s.schedule.daily_repeat,
         utc_offset_minutes: s.schedule.utc_offset_minutes,
         push_mode: s.push_mode.as_str().into(),
-        rate: s.rate.map(|r| match r {
-            PushRate::Constant { per_minute } => RateOut {
-                kind: "constant".into(),
-                per_minute: Some(per_minute),
-                base: None,
-                factor: None,
-                max: None,
-                threshold: None,
-                count_on: None,
-            },
-            PushRate::Variable {
-                base,
-                factor_centi,
-                max,
-                threshold,
-                count_on,
-            } => RateOut {
-                kind: "variable".into(),
-                per_minute: None,
-                base: Some(base),
-                factor: Some(f64::from(factor_centi) / 100.0),
-                max: Some(max),
-                threshold: Some(threshold),
-                count_on: Some(count_on.as_str().into()),
-            },
-        }),
+        rate: s.rate.map(rate_out),
         max_concurrency: s.max_concurrency,
         retry_interval_minutes: s.retry.map(|r| r.interval_minutes),
         max_retries: s.retry.map(|r| r.max_retries),
@@ -338,6 +340,41 @@ fn rollout_dto(r: Rollout, counts: Option<&TaskCounts>) -> RolloutDto {
         created_at: rfc3339(r.created_at),
         started_at: r.started_at.map(rfc3339),
         finished_at: r.finished_at.map(rfc3339),
+        abort_rules: super::safety::abort_rules_out(s.abort_rules),
+        outcomes: super::safety::outcomes_out(r.outcomes),
+        current_wave: (!s.waves.is_empty()).then_some(r.current_wave),
+        waves: super::safety::waves_out(s.waves, waves),
+        window: s.window.map(super::safety::window_out),
+        force_reinstall: s.force_reinstall,
+    }
+}
+
+pub(super) fn rate_out(r: PushRate) -> RateOut {
+    match r {
+        PushRate::Constant { per_minute } => RateOut {
+            kind: "constant".into(),
+            per_minute: Some(per_minute),
+            base: None,
+            factor: None,
+            max: None,
+            threshold: None,
+            count_on: None,
+        },
+        PushRate::Variable {
+            base,
+            factor_centi,
+            max,
+            threshold,
+            count_on,
+        } => RateOut {
+            kind: "variable".into(),
+            per_minute: None,
+            base: Some(base),
+            factor: Some(f64::from(factor_centi) / 100.0),
+            max: Some(max),
+            threshold: Some(threshold),
+            count_on: Some(count_on.as_str().into()),
+        },
     }
 }
 
@@ -483,7 +520,7 @@ fn parse_scope(d: &ScopeDto) -> Result<Scope, ApiError> {
     })
 }
 
-fn parse_rate(r: RateDto) -> Result<RateRequest, ApiError> {
+pub(super) fn parse_rate(r: RateDto) -> Result<RateRequest, ApiError> {
     match r.kind.as_str() {
         "constant" => {
             for (f, set) in [
@@ -589,6 +626,10 @@ fn to_request(b: CreateRollout) -> Result<RolloutRequest, ApiError> {
     };
     r.tags = b.tags.into_iter().collect();
     r.start_on_creation = b.start_on_creation.unwrap_or(true);
+    r.abort_rules = super::safety::parse_abort_rules(b.abort_rules)?;
+    r.waves = super::safety::parse_waves(b.waves)?;
+    r.window = b.window.map(super::safety::parse_window).transpose()?;
+    r.force_reinstall = b.force_reinstall;
     Ok(r)
 }
 
@@ -620,8 +661,7 @@ async fn create_rollout(
             now,
         )
         .await?;
-    let counts = state.store.task_counts(tenant, r.id).await?;
-    Ok(HttpResponse::Created().json(rollout_dto(r, Some(&counts))))
+    Ok(HttpResponse::Created().json(full_dto(&state, r).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -664,7 +704,7 @@ async fn list_rollouts(
         .store
         .list_rollouts(auth.tenant(), &filter, page)
         .await?;
-    Ok(HttpResponse::Ok().json(PageDto::from_page(page, |r| rollout_dto(r, None))))
+    Ok(HttpResponse::Ok().json(PageDto::from_page(page, |r| rollout_dto(r, None, None))))
 }
 
 /// Reads a rollout with its task counts by state, success rate and progress (SPEC O2).
@@ -678,13 +718,22 @@ async fn get_rollout(
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.tenant();
     let r = state.store.get_rollout(tenant, RolloutId(*id)).await?;
-    let counts = state.store.task_counts(tenant, r.id).await?;
-    Ok(HttpResponse::Ok().json(rollout_dto(r, Some(&counts))))
+    Ok(HttpResponse::Ok().json(full_dto(&state, r).await?))
 }
 
-async fn reply_rollout(state: &AppState, r: Rollout) -> ApiResult<HttpResponse> {
+/// A rollout with its task counts (and each wave's, with waves).
+async fn full_dto(state: &AppState, r: Rollout) -> ApiResult<RolloutDto> {
     let counts = state.store.task_counts(r.tenant_id, r.id).await?;
-    Ok(HttpResponse::Ok().json(rollout_dto(r, Some(&counts))))
+    let waves = if r.spec.waves.is_empty() {
+        None
+    } else {
+        Some(state.store.wave_counts(r.tenant_id, r.id).await?)
+    };
+    Ok(rollout_dto(r, Some(&counts), waves.as_deref()))
+}
+
+pub(super) async fn reply_rollout(state: &AppState, r: Rollout) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(full_dto(state, r).await?))
 }
 
 /// Starts a draft rollout by hand (SPEC R17); it is `scheduled` while its start is ahead.
@@ -737,6 +786,8 @@ pub struct ChangeRollout {
     pub timeout_minutes: Option<Option<i64>>,
     /// Replaces the tags; later pushes carry them.
     pub tags: Option<BTreeMap<String, String>>,
+    /// G1: replaces the abort rules (a rule that fired is armed again).
+    pub abort_rules: Option<Vec<super::safety::AbortRuleDto>>,
 }
 
 /// Tells a field given as `null` (Some(None)) from one left out (None).
@@ -770,6 +821,10 @@ async fn change_rollout(
         source_versions,
         timeout_minutes: b.timeout_minutes,
         tags: b.tags.map(|t| t.into_iter().collect()),
+        abort_rules: b
+            .abort_rules
+            .map(super::safety::parse_abort_rules)
+            .transpose()?,
     };
     let r = state
         .store

@@ -8,6 +8,7 @@ pub mod rate;
 pub mod registry;
 pub mod role;
 pub mod rollout;
+pub mod safety;
 pub mod task;
 
 pub use groups::*;
@@ -18,6 +19,7 @@ pub use rate::*;
 pub use registry::*;
 pub use role::Role;
 pub use rollout::*;
+pub use safety::*;
 pub use task::*;
 
 /// A rule of the domain that an input broke; `field` names the input, `message` says why.

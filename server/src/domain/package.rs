@@ -19,6 +19,8 @@ pub struct Package {
     pub status: PackageStatus,
     pub description: String,
     pub created_at: Millis,
+    /// G5: when and why it was withdrawn (no rollout uses it until reinstated).
+    pub withdrawn: Option<(Millis, String)>,
 }
 
 /// One stored file of a package, with the digests the server computed while storing it.

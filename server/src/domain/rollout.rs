@@ -193,6 +193,23 @@ pub struct RolloutRequest {
     pub download_protocol: DownloadProtocol,
     pub tags: Vec<(String, String)>,
     pub start_on_creation: bool,
+    /// G1.
+    pub abort_rules: Vec<AbortRuleRequest>,
+    /// G3.
+    pub waves: Vec<WaveRequest>,
+    /// G4.
+    pub window: Option<WindowRequest>,
+    /// G6: push even to devices that already report the target version.
+    pub force_reinstall: bool,
+}
+
+/// G4, as asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRequest {
+    pub cron: String,
+    pub duration_minutes: i64,
+    pub time_zone: String,
+    pub on_close: WindowClose,
 }
 
 impl RolloutRequest {
@@ -219,6 +236,10 @@ impl RolloutRequest {
             download_protocol: DownloadProtocol::Https,
             tags: vec![],
             start_on_creation: true,
+            abort_rules: vec![],
+            waves: vec![],
+            window: None,
+            force_reinstall: false,
         }
     }
 }
@@ -258,6 +279,14 @@ pub struct RolloutSpec {
     pub download_protocol: DownloadProtocol,
     pub tags: Vec<(String, String)>,
     pub start_on_creation: bool,
+    /// G1: stop when failures rise.
+    pub abort_rules: Vec<AbortRule>,
+    /// G3: ordered waves (none, or 2 to 10).
+    pub waves: Vec<Wave>,
+    /// G4: pushes only inside these windows.
+    pub window: Option<MaintenanceWindow>,
+    /// G6: devices already on the target get a task too.
+    pub force_reinstall: bool,
 }
 
 impl Schedule {
@@ -316,6 +345,50 @@ impl RolloutSpec {
     /// Whether the start waits for a time still ahead of `now` (R1: a past start is now).
     pub fn starts_later(&self, now: Millis) -> bool {
         self.schedule.start_at.is_some_and(|s| s > now)
+    }
+
+    /// R1, R2, G4: how much of `(from, to]` pushes were allowed in: the schedule's time,
+    /// and inside a maintenance window when there is one (a window and a daily repeat are
+    /// never both set).
+    pub fn push_time_between(&self, from: Millis, to: Millis) -> Millis {
+        match &self.window {
+            None => self.schedule.push_time_between(from, to),
+            Some(w) => {
+                let mut lo = from;
+                let mut hi = to;
+                if let Some(s) = self.schedule.start_at {
+                    lo = lo.max(s);
+                }
+                if let Some(e) = self.schedule.end_at {
+                    hi = hi.min(e);
+                }
+                w.covered(lo, hi)
+            }
+        }
+    }
+
+    /// Whether pushes may go out at `now`.
+    pub fn allows_push(&self, now: Millis) -> bool {
+        self.push_time_between(now - 1, now) > 0
+    }
+
+    /// G3: the wave running now (`current`, 1-based; 0 without waves).
+    pub fn wave(&self, current: u32) -> Option<&Wave> {
+        (current as usize)
+            .checked_sub(1)
+            .and_then(|i| self.waves.get(i))
+    }
+
+    /// G3: the rate and concurrency in force in wave `current` (a wave's own, or the
+    /// rollout's).
+    pub fn rate_in(&self, current: u32) -> Option<PushRate> {
+        self.wave(current).and_then(|w| w.rate).or(self.rate)
+    }
+
+    pub fn concurrency_in(&self, current: u32) -> Option<u32> {
+        self.wave(current)
+            .and_then(|w| w.max_concurrency)
+            .or(self.max_concurrency)
     }
 }
 
@@ -439,6 +512,8 @@ pub struct RolloutChange {
     /// `Some(None)` removes the device timeout.
     pub timeout_minutes: Option<Option<i64>>,
     pub tags: Option<Vec<(String, String)>>,
+    /// G1: replaces the abort rules (re-arming any that fired).
+    pub abort_rules: Option<Vec<AbortRuleRequest>>,
 }
 
 /// A change checked against the rollout it applies to.
@@ -448,6 +523,7 @@ pub struct CheckedChange {
     pub source_versions: Option<Vec<Version>>,
     pub timeout_minutes: Option<Option<u32>>,
     pub tags: Option<Vec<(String, String)>>,
+    pub abort_rules: Option<Vec<AbortRule>>,
 }
 
 impl RolloutChange {
@@ -547,11 +623,13 @@ impl RolloutChange {
         if let Some(tags) = &self.tags {
             check_rollout_tags("tags", tags)?;
         }
+        let abort_rules = self.abort_rules.map(validate_abort_rules).transpose()?;
         Ok(CheckedChange {
             rate,
             source_versions,
             timeout_minutes,
             tags: self.tags,
+            abort_rules,
         })
     }
 }
@@ -820,6 +898,45 @@ impl RolloutRequest {
         }
         check_rollout_tags("tags", &r.tags)?;
 
+        // G1, G3, G4, G6.
+        let abort_rules = validate_abort_rules(r.abort_rules)?;
+        let waves = validate_waves(r.waves, r.push_mode)?;
+        if !waves.is_empty() && is_dynamic {
+            return Err(Invalid::new(
+                "waves",
+                "waves split a static rollout's devices; a dynamic rollout takes devices as they come",
+            ));
+        }
+        let window = match r.window {
+            None => None,
+            Some(w) => {
+                if s.daily_repeat {
+                    return Err(Invalid::new(
+                        "window",
+                        "give a maintenance window or a daily repeat, not both (a daily repeat is one such window)",
+                    ));
+                }
+                if r.push_mode == PushMode::Pull {
+                    return Err(Invalid::new(
+                        "window",
+                        "a maintenance window limits pushes; it is not used when push_mode is pull (devices ask)",
+                    ));
+                }
+                Some(MaintenanceWindow::parse(
+                    &w.cron,
+                    w.duration_minutes,
+                    &w.time_zone,
+                    w.on_close,
+                )?)
+            }
+        };
+        if r.force_reinstall && is_dynamic {
+            return Err(Invalid::new(
+                "force_reinstall",
+                "force_reinstall is for static rollouts: a dynamic rollout would take back every device it updated",
+            ));
+        }
+
         // Type (R17) by the package's status unless given.
         let rollout_type = r.rollout_type.unwrap_or(match pkg.status {
             PackageStatus::Verified | PackageStatus::NoNeed => RolloutType::Update,
@@ -847,6 +964,10 @@ impl RolloutRequest {
             download_protocol: r.download_protocol,
             tags: r.tags,
             start_on_creation: r.start_on_creation,
+            abort_rules,
+            waves,
+            window,
+            force_reinstall: r.force_reinstall,
         })
     }
 }

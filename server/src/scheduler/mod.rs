@@ -38,6 +38,12 @@ pub struct TickReport {
     pub retried: u64,
     pub ended_tasks: u64,
     pub completed: usize,
+    /// G1: rollouts an abort rule stopped.
+    pub aborted: usize,
+    /// G3: rollouts that moved to their next wave.
+    pub waves_started: usize,
+    /// G4: tasks cancelled as a window closed.
+    pub window_cancelled: u64,
 }
 
 pub struct Scheduler {
@@ -51,6 +57,9 @@ pub struct Scheduler {
     /// One tick at a time: ticks read and then write each rollout's rate state.
     ticking: tokio::sync::Mutex<()>,
     push_ids: AtomicU64,
+    /// Running rollouts that may not push now (outside their schedule's time or window, R2
+    /// and G4), as of the last tick: a device that connects then is not pushed to.
+    quiet: std::sync::Mutex<Vec<i64>>,
 }
 
 impl Scheduler {
@@ -74,6 +83,7 @@ impl Scheduler {
             cfg,
             ticking: tokio::sync::Mutex::new(()),
             push_ids: AtomicU64::new(seed),
+            quiet: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -124,15 +134,26 @@ impl Scheduler {
         let (timed_out, retried) = self.store.expire_timers(now).await?;
         rep.timed_out = timed_out;
         rep.retried = retried;
+        // before any release: a rule the last reports met stops its rollout in this tick
+        rep.aborted = self.store.fire_abort_rules(now).await?.len();
+        rep.waves_started = self.store.advance_due_waves(now).await?.len();
+        let mut quiet = Vec::new();
         for a in self.store.active_rollouts().await? {
+            if !a.rollout.spec.allows_push(now) {
+                quiet.push(a.rollout.id.0);
+            }
             match self.release(&a, now).await {
-                Ok((released, pushed)) => {
+                Ok((released, pushed, cancelled)) => {
                     rep.released += released;
                     rep.pushed += pushed;
+                    rep.window_cancelled += cancelled;
                 }
                 // one rollout's failure does not stop the others
                 Err(e) => tracing::warn!(rollout = %a.rollout.id, error = %e, "releasing failed"),
             }
+        }
+        if let Ok(mut q) = self.quiet.lock() {
+            *q = quiet;
         }
         // after the release, so the allowance of the last moment before the end is used
         rep.ended_tasks = self.store.end_due_rollouts(now).await?;
@@ -140,22 +161,49 @@ impl Scheduler {
         Ok(rep)
     }
 
-    /// Releases and pushes what one rollout may now; returns (released, pushed).
-    async fn release(&self, a: &ActiveRollout, now: Millis) -> Result<(u64, u64), SchedulerError> {
+    /// Releases and pushes what one rollout may now, then cancels what a window that closed
+    /// meanwhile leaves unpushed (G4, when the rollout asks for it); returns (released,
+    /// pushed, cancelled).
+    async fn release(
+        &self,
+        a: &ActiveRollout,
+        now: Millis,
+    ) -> Result<(u64, u64, u64), SchedulerError> {
         let r = &a.rollout;
         let since = a.ticked_at.or(r.started_at).unwrap_or(now).min(now);
+        let (released, pushed) = self.release_between(a, since, now).await?;
+        let mut cancelled = 0;
+        if let Some(w) = &r.spec.window {
+            if r.state == RolloutState::Running
+                && w.on_close == WindowClose::Cancel
+                && w.closed_between(since, now)
+            {
+                cancelled = self.store.cancel_at_window_close(r, now).await?;
+            }
+        }
+        Ok((released, pushed, cancelled))
+    }
+
+    async fn release_between(
+        &self,
+        a: &ActiveRollout,
+        since: Millis,
+        now: Millis,
+    ) -> Result<(u64, u64), SchedulerError> {
+        let r = &a.rollout;
         let mut rate = a.rate;
-        let window = r.spec.schedule.push_time_between(since, now);
+        let window = r.spec.push_time_between(since, now);
         let pushing = r.state == RolloutState::Running
             && r.spec.push_mode == PushMode::Push
-            && (window > 0 || r.spec.schedule.allows_push(now));
+            && (window > 0 || r.spec.allows_push(now));
         if !pushing {
             // no allowance accrues while paused, pulling only, or outside the window
             self.store.save_rate(r.id, rate.as_ref(), now).await?;
             return Ok((0, 0));
         }
         let cap = self.cfg.max_release_per_tick;
-        let room = match r.spec.max_concurrency {
+        let wave = r.current_wave;
+        let room = match r.spec.concurrency_in(wave) {
             Some(limit) => {
                 u64::from(limit).saturating_sub(self.store.concurrency_used(r.id).await?)
             }
@@ -165,11 +213,17 @@ impl Scheduler {
         let available = if room == 0 {
             0
         } else {
-            self.store.waiting_tasks(r.id, room).await?
+            self.store.waiting_tasks(r.id, wave, room).await?
         };
-        let n = match (&mut rate, &r.spec.rate) {
+        // a wave with a rate of its own counts its own successes (G3)
+        let succeeded = if r.spec.wave(wave).is_some_and(|w| w.rate.is_some()) {
+            a.wave_succeeded
+        } else {
+            a.succeeded_total
+        };
+        let n = match (&mut rate, r.spec.rate_in(wave)) {
             (Some(state), Some(spec)) => {
-                state.release(spec, window, available, a.succeeded_total, self.tick_ms())
+                state.release(&spec, window, available, succeeded, self.tick_ms())
             }
             _ => available,
         };
@@ -187,7 +241,7 @@ impl Scheduler {
         };
         let (released, targets) = self
             .store
-            .release_tasks(r.tenant_id, r.id, n, online, now)
+            .release_tasks(r.tenant_id, r.id, wave, n, online, now)
             .await?;
         if released < n {
             if let Some(state) = &mut rate {
@@ -346,18 +400,23 @@ impl Scheduler {
             })
             .collect();
         self.store.record_version_reports(&versions).await?;
-        self.store.apply_reports(&reports, now).await?;
+        let outcome = self.store.apply_reports(&reports, now).await?;
+        if outcome.moved > 0 {
+            // G1: a rule these reports meet stops its rollout before anything else is pushed
+            self.store.fire_abort_rules(now).await?;
+        }
         // B1: devices whose reported version now matches a dynamic rollout join it
         self.store.join_dynamic_rollouts(&informed, now).await?;
+        let quiet = self.quiet.lock().map(|q| q.clone()).unwrap_or_default();
         if !connected.is_empty() {
-            let owed = self.store.owed_pushes(&connected, true, now).await?;
+            let owed = self.store.owed_pushes(&connected, true, &quiet, now).await?;
             self.push_all(owed, now).await;
         }
         if !informed.is_empty() {
             // without presence (an external broker) a version report is the only sign a
             // device is back, so what was pushed before goes out again
             let repush = !self.gateway.knows_presence();
-            let owed = self.store.owed_pushes(&informed, repush, now).await?;
+            let owed = self.store.owed_pushes(&informed, repush, &quiet, now).await?;
             self.push_all(owed, now).await;
         }
         for ev in asks {

@@ -24,6 +24,8 @@ pub struct ActiveRollout {
     /// Rate state; `None` without a rate limit.
     pub rate: Option<RateState>,
     pub succeeded_total: u64,
+    /// G3: successes in the current wave.
+    pub wave_succeeded: u64,
     /// The logical time accounted for so far (`None`: not yet ticked).
     pub ticked_at: Option<Millis>,
     pub paused_at: Option<Millis>,
@@ -84,8 +86,20 @@ pub fn failure_reason(step: i32) -> &'static str {
     }
 }
 
+/// A task one transition moved.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub(super) struct Moved {
+    pub id: i64,
+    pub rollout_id: i64,
+    pub device_id: i64,
+    /// G3: its wave (0: none).
+    pub wave: i32,
+    /// Its deadline after the move (a failure with a retry due is not finished).
+    pub due_at: Option<i64>,
+}
+
 /// One guarded transition over the tasks `filter` selects, with its audit rows, returning
-/// the tasks moved as `(id, rollout_id, device_id)`. `set` adds SQL assignments (columns
+/// the tasks moved. `set` adds SQL assignments (columns
 /// qualified `task.`), with `set_vals` for their `?`; audit rows are written only where the
 /// state changes (a second progress report is not a state change).
 #[allow(clippy::too_many_arguments)]
@@ -99,13 +113,7 @@ pub(super) async fn transition(
     actor: &Actor,
     detail: &str,
     now: Millis,
-) -> StoreResult<Vec<(i64, i64, i64)>> {
-    #[derive(FromQueryResult)]
-    struct Moved {
-        id: i64,
-        rollout_id: i64,
-        device_id: i64,
-    }
+) -> StoreResult<Vec<Moved>> {
     let backend = txn.get_database_backend();
     let fin = if to.is_terminal() {
         format!(", finished_at = {now}")
@@ -125,10 +133,11 @@ pub(super) async fn transition(
                 "WITH old AS (SELECT id, state FROM task WHERE {filter} FOR UPDATE), \
                  moved AS (UPDATE task SET state = '{to}', updated_at = {now}{fin}{set} \
                    FROM old WHERE task.id = old.id \
-                   RETURNING task.id, task.rollout_id, task.device_id, old.state AS from_state), \
+                   RETURNING task.id, task.rollout_id, task.device_id, CAST(task.wave AS INTEGER) AS wave, \
+                   task.due_at, old.state AS from_state), \
                  ev AS (INSERT INTO task_event (task_id, rollout_id, at, from_state, to_state, cause, actor, detail) \
                    SELECT id, rollout_id, ?, from_state, '{to}', ?, ?, ? FROM moved WHERE from_state <> '{to}') \
-                 SELECT id, rollout_id, device_id FROM moved"
+                 SELECT id, rollout_id, device_id, wave, due_at FROM moved"
             );
             let mut v = filter_vals;
             v.extend(set_vals);
@@ -148,7 +157,7 @@ pub(super) async fn transition(
             txn.execute(stmt(backend, &ins, v)).await?;
             let upd = format!(
                 "UPDATE task SET state = '{to}', updated_at = {now}{fin}{set} WHERE {filter} \
-                 RETURNING id, rollout_id, device_id"
+                 RETURNING id, rollout_id, device_id, CAST(wave AS INTEGER) AS wave, due_at"
             );
             let mut v = set_vals;
             v.extend(filter_vals);
@@ -157,10 +166,7 @@ pub(super) async fn transition(
                 .await?
         }
     };
-    Ok(rows
-        .into_iter()
-        .map(|m| (m.id, m.rollout_id, m.device_id))
-        .collect())
+    Ok(rows)
 }
 
 /// `(?, ?, ?, ?), …` rows of (device_id, module, version, at), typed so that PostgreSQL
@@ -213,19 +219,20 @@ pub(super) fn saved_rate(m: &rollout::Model) -> Option<RateState> {
 
 fn to_active(m: rollout::Model) -> ActiveRollout {
     let succeeded_total = u64::try_from(m.succeeded_total).unwrap_or(0);
+    let wave_succeeded = u64::try_from(m.wave_succeeded).unwrap_or(0);
     let ticked_at = m.ticked_at;
     let paused_at = m.paused_at;
     let saved = saved_rate(&m);
     let rollout = to_rollout(m);
     let rate = rollout
         .spec
-        .rate
-        .as_ref()
-        .map(|r| saved.unwrap_or_else(|| RateState::initial(r)));
+        .rate_in(rollout.current_wave)
+        .map(|r| saved.unwrap_or_else(|| RateState::initial(&r)));
     ActiveRollout {
         rollout,
         rate,
         succeeded_total,
+        wave_succeeded,
         ticked_at,
         paused_at,
     }
@@ -337,8 +344,9 @@ impl Store {
         Ok(n)
     }
 
-    /// How many tasks wait for release, counted up to `cap` (an index range, never more).
-    pub async fn waiting_tasks(&self, id: RolloutId, cap: u64) -> StoreResult<u64> {
+    /// How many tasks wait for release, counted up to `cap` (an index range, never more);
+    /// with waves (G3), only those of waves up to `wave`.
+    pub async fn waiting_tasks(&self, id: RolloutId, wave: u32, cap: u64) -> StoreResult<u64> {
         #[derive(FromQueryResult)]
         struct N {
             n: i64,
@@ -346,8 +354,12 @@ impl Store {
         let backend = self.db().get_database_backend();
         let n = N::find_by_statement(stmt(
             backend,
-            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM task WHERE rollout_id = ? AND state = 'waiting' LIMIT ?) w",
-            vec![id.0.into(), i64::try_from(cap).unwrap_or(i64::MAX).into()],
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM task WHERE rollout_id = ? AND state = 'waiting' AND wave <= ? LIMIT ?) w",
+            vec![
+                id.0.into(),
+                i64::from(wave).into(),
+                i64::try_from(cap).unwrap_or(i64::MAX).into(),
+            ],
         ))
         .one(self.db())
         .await?
@@ -363,6 +375,7 @@ impl Store {
         &self,
         tenant: TenantId,
         id: RolloutId,
+        wave: u32,
         n: u64,
         online: impl Fn(&PushTarget) -> bool,
         now: Millis,
@@ -383,11 +396,12 @@ impl Store {
                 "SELECT t.id AS task_id, t.rollout_id, t.device_id, d.name AS device_name, \
                  p.product_key, p.protocol, d.online FROM task t \
                  JOIN device d ON d.id = t.device_id JOIN product p ON p.id = d.product_id \
-                 WHERE t.rollout_id = ? AND t.state = 'waiting' AND d.tenant_id = ? \
+                 WHERE t.rollout_id = ? AND t.state = 'waiting' AND t.wave <= ? AND d.tenant_id = ? \
                  ORDER BY t.id LIMIT ?{lock}"
             ),
             vec![
                 id.0.into(),
+                i64::from(wave).into(),
                 tenant.0.into(),
                 i64::try_from(n).unwrap_or(i64::MAX).into(),
             ],
@@ -433,7 +447,7 @@ impl Store {
                 .await?;
                 released += moved.len() as u64;
                 if to == TaskState::Pushed {
-                    pushed_ids.extend(moved.into_iter().map(|m| m.0));
+                    pushed_ids.extend(moved.into_iter().map(|m| m.id));
                 }
             }
         }
@@ -452,10 +466,12 @@ impl Store {
     /// `pushed`. Pull-mode rollouts push nothing unasked.
     /// `repush`: also send again what was pushed before (a device that connects may have
     /// lost it with its session); a version report only promotes `pending` tasks.
+    /// `quiet`: rollouts that may not push now (outside their schedule or window: R2, G4).
     pub async fn owed_pushes(
         &self,
         devices: &[DeviceId],
         repush: bool,
+        quiet: &[i64],
         now: Millis,
     ) -> StoreResult<Vec<PushTarget>> {
         let mut out = Vec::new();
@@ -464,6 +480,13 @@ impl Store {
         }
         let txn = self.begin_write().await?;
         let backend = txn.get_database_backend();
+        // server-made ids, written inline
+        let not_quiet = if quiet.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = quiet.iter().map(i64::to_string).collect();
+            format!(" AND id NOT IN ({})", ids.join(","))
+        };
         for chunk in devices.chunks(MAX_BIND_PARAMS / 4) {
             let ids: Vec<i64> = chunk.iter().map(|d| d.0).collect();
             let (ph, vals) = ids_in(&ids);
@@ -473,7 +496,7 @@ impl Store {
                 &txn,
                 &format!(
                     "device_id IN ({ph}) AND state = 'pending' AND rollout_id IN \
-                     (SELECT id FROM rollout WHERE state = 'running' AND push_mode = 'push')"
+                     (SELECT id FROM rollout WHERE state = 'running' AND push_mode = 'push'{not_quiet})"
                 ),
                 vals.clone(),
                 TaskState::Pushed,
@@ -484,7 +507,7 @@ impl Store {
                 now,
             )
             .await?;
-            let moved: Vec<i64> = moved.into_iter().map(|m| m.0).collect();
+            let moved: Vec<i64> = moved.into_iter().map(|m| m.id).collect();
             let mut filter = if moved.is_empty() {
                 "1 = 0".to_owned()
             } else {
@@ -492,9 +515,10 @@ impl Store {
             };
             let mut all_vals: Vec<Value> = moved.iter().map(|i| Value::from(*i)).collect();
             if repush {
+                let not_quiet = not_quiet.replace(" id ", " r.id ");
                 filter = format!(
                     "({filter}) OR (t.device_id IN ({ph}) AND t.state = 'pushed' \
-                     AND r.state = 'running' AND r.push_mode = 'push')"
+                     AND r.state = 'running' AND r.push_mode = 'push'{not_quiet})"
                 );
                 all_vals.extend(vals);
             }
@@ -538,7 +562,7 @@ impl Store {
             backend,
             "SELECT t.id AS task_id, t.state, r.max_concurrency, r.id AS rollout_id FROM task t \
              JOIN rollout r ON r.id = t.rollout_id \
-             WHERE t.device_id = ? AND r.module = ? AND r.state = 'running' \
+             WHERE t.device_id = ? AND r.module = ? AND r.state = 'running' AND t.wave <= r.current_wave \
              AND t.state IN ('waiting', 'pending', 'pushed', 'in_progress') ORDER BY t.id DESC LIMIT 1",
             vec![device.0.into(), module.as_str().into()],
         ))
@@ -653,8 +677,11 @@ impl Store {
             "no success within the device timeout",
             now,
         )
-        .await?
-        .len() as u64;
+        .await?;
+        // G1: a timeout with no retry due is a finished task
+        super::safety::bump(&txn, "timed_out_total", &super::safety::final_failures(&timed_out))
+            .await?;
+        let timed_out = timed_out.len() as u64;
         let retried = transition(
             &txn,
             "due_at IS NOT NULL AND due_at <= ? AND state = 'failed' \
@@ -872,7 +899,7 @@ impl Store {
                 } else {
                     ", due_at = NULL".to_owned()
                 };
-                out.moved += transition(
+                let moved = transition(
                     &txn,
                     &filter,
                     vals,
@@ -883,8 +910,15 @@ impl Store {
                     &format!("step {step}: {reason}"),
                     now,
                 )
-                .await?
-                .len() as u64;
+                .await?;
+                // G1: finished failures, by kind (a failure with a retry due is not finished)
+                let column = if to == TaskState::Rejected {
+                    "rejected_total"
+                } else {
+                    "failed_total"
+                };
+                super::safety::bump(&txn, column, &super::safety::final_failures(&moved)).await?;
+                out.moved += moved.len() as u64;
             }
         }
         for ((module, version), devices) in versions {
@@ -897,7 +931,9 @@ impl Store {
                     &txn,
                     &format!(
                         "device_id IN ({ph}) AND state IN ({}) AND rollout_id IN \
-                         (SELECT id FROM rollout WHERE module = ? AND target_version = ?)",
+                         (SELECT id FROM rollout WHERE module = ? AND target_version = ?) \
+                         AND (task.started_at IS NOT NULL OR rollout_id NOT IN \
+                           (SELECT id FROM rollout WHERE force_reinstall))",
                         in_list(TaskState::OPEN)
                     ),
                     filter_vals,
@@ -910,8 +946,9 @@ impl Store {
                 )
                 .await?;
                 out.moved += moved.len() as u64;
-                for (_, rollout, _) in moved {
-                    *out.succeeded.entry(rollout).or_default() += 1;
+                super::safety::bump_wave_successes(&txn, &moved).await?;
+                for m in moved {
+                    *out.succeeded.entry(m.rollout_id).or_default() += 1;
                 }
                 // O1: a success after the task was cancelled is still recorded
                 let mut late_vals = vec![Value::from(now)];
@@ -930,14 +967,7 @@ impl Store {
                 .await?;
             }
         }
-        for (rollout, n) in &out.succeeded {
-            txn.execute(stmt(
-                txn.get_database_backend(),
-                "UPDATE rollout SET succeeded_total = succeeded_total + ? WHERE id = ?",
-                vec![i64::try_from(*n).unwrap_or(0).into(), (*rollout).into()],
-            ))
-            .await?;
-        }
+        super::safety::bump(&txn, "succeeded_total", &out.succeeded).await?;
         txn.commit().await?;
         Ok(out)
     }
@@ -1008,15 +1038,21 @@ impl Store {
         actor: &Actor,
         now: Millis,
     ) -> StoreResult<Rollout> {
+        self.pause_by(tenant, id, actor, now, "paused by hand")
+            .await
+    }
+
+    /// Pauses a running rollout (by hand, or by an abort rule: G1), saying why.
+    pub(super) async fn pause_by(
+        &self,
+        tenant: TenantId,
+        id: RolloutId,
+        actor: &Actor,
+        now: Millis,
+        why: &str,
+    ) -> StoreResult<Rollout> {
         let r = self
-            .rollout_transition(
-                tenant,
-                id,
-                RolloutEvent::Pause,
-                actor,
-                now,
-                "paused by hand",
-            )
+            .rollout_transition(tenant, id, RolloutEvent::Pause, actor, now, why)
             .await?;
         rollout::Entity::update_many()
             .col_expr(rollout::Column::PausedAt, Expr::value(now))

@@ -11,6 +11,7 @@ mod packages;
 mod paging;
 mod products;
 mod rollouts;
+mod safety;
 mod search;
 mod settings;
 mod tenants;
@@ -22,6 +23,7 @@ pub use packages::*;
 pub use paging::*;
 pub use products::*;
 pub use rollouts::*;
+pub use safety::WaveCounts;
 pub use search::DeviceSelection;
 pub use tenants::*;
 

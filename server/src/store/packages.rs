@@ -52,6 +52,9 @@ pub(crate) fn to_package(m: package::Model) -> Package {
         status: PackageStatus::parse(&m.status).unwrap_or(PackageStatus::Unverified),
         description: m.description,
         created_at: m.created_at,
+        withdrawn: m
+            .withdrawn_at
+            .map(|at| (at, m.withdrawn_reason.unwrap_or_default())),
     }
 }
 

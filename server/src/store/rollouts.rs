@@ -61,6 +61,10 @@ pub struct Rollout {
     pub created_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// G3: the wave running now (1-based; 0 without waves).
+    pub current_wave: u32,
+    /// G1: its finished tasks by outcome, as kept while they finished.
+    pub outcomes: Outcomes,
 }
 
 /// Task counts of a rollout by state (O2).
@@ -244,6 +248,7 @@ fn to_u32(v: Option<i32>) -> Option<u32> {
 }
 
 pub(crate) fn to_rollout(m: rollout::Model) -> Rollout {
+    let outcomes = super::safety::outcomes_of(&m);
     let rate = match m.rate_kind.as_deref() {
         Some("constant") => Some(PushRate::Constant {
             per_minute: to_u32(m.rate_base).unwrap_or(0),
@@ -302,6 +307,10 @@ pub(crate) fn to_rollout(m: rollout::Model) -> Rollout {
         ),
         tags,
         start_on_creation: true,
+        abort_rules: super::safety::abort_rules_from(&m.abort_rules),
+        waves: super::safety::waves_from(&m.waves),
+        window: super::safety::window_from(m.maintenance_window.as_deref()),
+        force_reinstall: m.force_reinstall,
     };
     Rollout {
         id: RolloutId(m.id),
@@ -318,6 +327,8 @@ pub(crate) fn to_rollout(m: rollout::Model) -> Rollout {
         created_at: m.created_at,
         started_at: m.started_at,
         finished_at: m.finished_at,
+        current_wave: u32::try_from(m.current_wave).unwrap_or(0),
+        outcomes,
     }
 }
 
@@ -499,6 +510,14 @@ impl Store {
         now: Millis,
     ) -> StoreResult<Rollout> {
         let pkg = self.get_package(tenant, package).await?;
+        // G5
+        if let Some((at, reason)) = &pkg.withdrawn {
+            return Err(StoreError::Conflict(format!(
+                "package {} was withdrawn at {} ({reason}); reinstate it before a new rollout uses it",
+                pkg.id,
+                crate::clock::rfc3339(*at)
+            )));
+        }
         let prod = self.get_product(tenant, pkg.product_id).await?;
         // P2
         if spec.rollout_type == RolloutType::Update
@@ -667,6 +686,11 @@ impl Store {
             created_at: Set(now),
             started_at: Set((state == RolloutState::Running).then_some(now)),
             finished_at: Set(None),
+            abort_rules: Set(super::safety::abort_rules_json(&spec.abort_rules)),
+            waves: Set(super::safety::waves_json(&spec.waves)),
+            current_wave: Set(i32::from(!spec.waves.is_empty())),
+            maintenance_window: Set(spec.window.as_ref().map(super::safety::window_json)),
+            force_reinstall: Set(spec.force_reinstall),
             ..Default::default()
         }
         .insert(&txn)
@@ -721,7 +745,22 @@ impl Store {
                     .order_by((device::Entity, device::Column::Id), Order::Asc)
                     .limit(take);
             }
-            created = insert_tasks(&txn, backend, id, initial, now, candidates).await?;
+            if spec.waves.is_empty() {
+                created = insert_tasks(&txn, backend, id, initial, now, candidates).await?;
+            } else {
+                let waves;
+                (created, waves) =
+                    insert_tasks_in_waves(&txn, backend, id, initial, now, candidates, &spec.waves)
+                        .await?;
+                rollout::Entity::update_many()
+                    .col_expr(
+                        rollout::Column::Waves,
+                        Expr::value(super::safety::waves_json(&waves)),
+                    )
+                    .filter(rollout::Column::Id.eq(id.0))
+                    .exec(&txn)
+                    .await?;
+            }
         }
 
         // R10 / R11: earlier not-yet-started tasks of the same devices are replaced.
@@ -1069,6 +1108,13 @@ impl Store {
             );
             what.push("tags");
         }
+        if let Some(rules) = &change.abort_rules {
+            upd = upd.col_expr(
+                rollout::Column::AbortRules,
+                Expr::value(super::safety::abort_rules_json(rules)),
+            );
+            what.push("abort_rules");
+        }
         let mut joined = 0;
         if let Some(vs) = &change.source_versions {
             upd = upd.col_expr(
@@ -1196,7 +1242,8 @@ impl Store {
                 );
             c = c.add(dcol(device::Column::Id).in_subquery(q));
         }
-        // B10: never a device already on the target (a primary-key probe per device).
+        // B10: never a device already on the target (a primary-key probe per device),
+        // unless the rollout forces a re-install (G6).
         let mut on_target = Query::select();
         on_target
             .expr(Expr::val(1))
@@ -1207,7 +1254,9 @@ impl Store {
             )
             .and_where(device_module::Column::Module.eq(pkg.module.as_str()))
             .and_where(device_module::Column::Version.eq(pkg.version.as_str()));
-        c = c.add(Expr::exists(on_target).not());
+        if !spec.force_reinstall {
+            c = c.add(Expr::exists(on_target).not());
+        }
         // R10 / R11: which existing tasks keep a device out of this rollout.
         let (blocking, same_module): (&[TaskState], bool) =
             match (spec.override_previous, spec.multi_module) {
@@ -1584,6 +1633,13 @@ impl Store {
             now,
         )
         .await?;
+        // G1: no failed task is left, so none counts as a finished failure
+        rollout::Entity::update_many()
+            .col_expr(rollout::Column::FailedTotal, Expr::value(0i64))
+            .col_expr(rollout::Column::TimedOutTotal, Expr::value(0i64))
+            .filter(rollout::Column::Id.eq(id.0))
+            .exec(&txn)
+            .await?;
         let mut to = r.state;
         if n > 0 && r.state == RolloutState::Completed {
             to = RolloutState::Running;
@@ -2066,4 +2122,89 @@ async fn insert_tasks(
         .from_subquery(candidates, Alias::new("c"));
     insert.select_from(select).map_err(bad)?;
     Ok(txn.execute(backend.build(&insert)).await?.rows_affected())
+}
+
+/// G3: inserts the tasks of a rollout split into waves. Candidates are ranked in a stable
+/// pseudo-random order (a fixed permutation of device ids, so a wave is a spread of the
+/// fleet, not its oldest devices) and the tasks are inserted in that order, so each wave is
+/// one run of task ids and release, which takes tasks by id, never scans a later wave.
+/// Returns the tasks made and the waves with their task counts.
+async fn insert_tasks_in_waves(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    rollout: RolloutId,
+    initial: TaskState,
+    now: Millis,
+    candidates: SelectStatement,
+    waves: &[Wave],
+) -> StoreResult<(u64, Vec<Wave>)> {
+    let bad = |e: sea_orm::sea_query::error::Error| {
+        StoreError::Database(sea_orm::DbErr::Custom(e.to_string()))
+    };
+    txn.execute_unprepared(if backend == DbBackend::Postgres {
+        "CREATE TEMP TABLE rollout_candidate (id BIGINT NOT NULL) ON COMMIT DROP"
+    } else {
+        "CREATE TEMP TABLE rollout_candidate (id INTEGER NOT NULL)"
+    })
+    .await?;
+    let mut collect = Query::insert();
+    collect
+        .into_table(Alias::new("rollout_candidate"))
+        .columns([Alias::new("id")])
+        .select_from(candidates)
+        .map_err(bad)?;
+    txn.execute(backend.build(&collect)).await?;
+    #[derive(FromQueryResult)]
+    struct N {
+        n: i64,
+    }
+    let total = N::find_by_statement(stmt(
+        backend,
+        "SELECT COUNT(*) AS n FROM rollout_candidate",
+        vec![],
+    ))
+    .one(txn)
+    .await?
+    .map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
+    let bounds = wave_bounds(total, waves);
+    let mut case = String::from("CASE");
+    for (i, b) in bounds.iter().enumerate() {
+        case.push_str(&format!(" WHEN rn <= {b} THEN {}", i + 1));
+    }
+    case.push_str(&format!(" ELSE {} END", bounds.len()));
+    // all values are numbers the server made; the state is one of its own words
+    let n = txn
+        .execute(stmt(
+            backend,
+            &format!(
+                "INSERT INTO task (rollout_id, device_id, state, created_at, updated_at, wave) \
+                 SELECT ?, id, ?, ?, ?, {case} FROM \
+                 (SELECT id, ROW_NUMBER() OVER (ORDER BY ((id % 1000003) * 999983) % 1000003, id) AS rn \
+                  FROM rollout_candidate) ranked ORDER BY rn"
+            ),
+            vec![
+                rollout.0.into(),
+                initial.as_str().into(),
+                now.into(),
+                now.into(),
+            ],
+        ))
+        .await?
+        .rows_affected();
+    txn.execute_unprepared("DROP TABLE rollout_candidate")
+        .await?;
+    let mut prev = 0;
+    let sized = waves
+        .iter()
+        .zip(&bounds)
+        .map(|(w, b)| {
+            let tasks = b - prev;
+            prev = *b;
+            Wave {
+                tasks,
+                ..w.clone()
+            }
+        })
+        .collect();
+    Ok((n, sized))
 }

@@ -17,6 +17,7 @@ use ota_server::store::Store;
 use serde_json::Value;
 use std::sync::Arc;
 
+pub mod fleet;
 pub mod sdk;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

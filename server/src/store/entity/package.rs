@@ -17,6 +17,8 @@ pub struct Model {
     pub status: String,
     pub description: String,
     pub created_at: i64,
+    pub withdrawn_at: Option<i64>,
+    pub withdrawn_reason: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -58,6 +58,15 @@ pub struct Model {
     pub succeeded_total: i64,
     pub ticked_at: Option<i64>,
     pub paused_at: Option<i64>,
+    pub abort_rules: String,
+    pub failed_total: i64,
+    pub timed_out_total: i64,
+    pub rejected_total: i64,
+    pub waves: String,
+    pub current_wave: i32,
+    pub wave_succeeded: i64,
+    pub maintenance_window: Option<String>,
+    pub force_reinstall: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

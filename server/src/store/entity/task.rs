@@ -22,6 +22,7 @@ pub struct Model {
     pub due_at: Option<i64>,
     pub pushed_at: Option<i64>,
     pub timeout_minutes: Option<i32>,
+    pub wave: i16,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
