@@ -70,7 +70,10 @@ impl MigrationTrait for Migration {
             // G3: successes in the current wave, for its gate
             big_default("wave_succeeded"),
             // G4: JSON window, or NULL
-            ColumnDef::new(a("maintenance_window")).text().null().to_owned(),
+            ColumnDef::new(a("maintenance_window"))
+                .text()
+                .null()
+                .to_owned(),
             // G6
             ColumnDef::new(a("force_reinstall"))
                 .boolean()
@@ -92,8 +95,14 @@ impl MigrationTrait for Migration {
         .await?;
         // G5: a withdrawn package is used by no rollout until it is reinstated
         for col in [
-            ColumnDef::new(a("withdrawn_at")).big_integer().null().to_owned(),
-            ColumnDef::new(a("withdrawn_reason")).text().null().to_owned(),
+            ColumnDef::new(a("withdrawn_at"))
+                .big_integer()
+                .null()
+                .to_owned(),
+            ColumnDef::new(a("withdrawn_reason"))
+                .text()
+                .null()
+                .to_owned(),
         ] {
             m.alter_table(add("package", col)).await?;
         }

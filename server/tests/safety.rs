@@ -40,9 +40,9 @@ where
 }
 
 fn has_event(events: &[Value], kind: &str, detail_has: &str) -> bool {
-    events.iter().any(|e| {
-        e["event"] == kind && e["detail"].as_str().unwrap_or("").contains(detail_has)
-    })
+    events
+        .iter()
+        .any(|e| e["event"] == kind && e["detail"].as_str().unwrap_or("").contains(detail_has))
 }
 
 async fn state<S, B>(app: &S, key: &str, id: i64) -> String
@@ -76,17 +76,24 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
     let app = e.t.service().await;
     let key = e.t.admin.as_str();
     let f = fleet(&e, &app, 100, true, true).await;
-    let rule = |kind: &str, pct: f64, min: i64, action: &str| {
-        json!({"kind": kind, "threshold_percent": pct, "min_finished": min, "action": action})
-    };
+    let rule = |kind: &str, pct: f64, min: i64, action: &str| json!({"kind": kind, "threshold_percent": pct, "min_finished": min, "action": action});
     let with = |rules: Value| {
         json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": 60},
                "abort_rules": rules})
     };
     for (bad, field) in [
-        (rule("failed", 0.0, 10, "pause"), "abort_rules[0].threshold_percent"),
-        (rule("failed", 100.5, 10, "pause"), "abort_rules[0].threshold_percent"),
-        (rule("failed", 20.0, 0, "pause"), "abort_rules[0].min_finished"),
+        (
+            rule("failed", 0.0, 10, "pause"),
+            "abort_rules[0].threshold_percent",
+        ),
+        (
+            rule("failed", 100.5, 10, "pause"),
+            "abort_rules[0].threshold_percent",
+        ),
+        (
+            rule("failed", 20.0, 0, "pause"),
+            "abort_rules[0].min_finished",
+        ),
         (rule("broken", 20.0, 10, "pause"), "abort_rules[0].kind"),
         (rule("failed", 20.0, 10, "stop"), "abort_rules[0].action"),
     ] {
@@ -113,7 +120,10 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
         .unwrap();
     let r = rollout(&app, key, id).await;
     assert_eq!(r["state"], "paused");
-    assert_eq!(r["outcomes"], json!({"succeeded": 8, "failed": 2, "timed_out": 0, "rejected": 0}));
+    assert_eq!(
+        r["outcomes"],
+        json!({"succeeded": 8, "failed": 2, "timed_out": 0, "rejected": 0})
+    );
     assert!(r["abort_rules"][0]["fired_at"].is_string());
     let ev = events(&app, key, id).await;
     assert!(
@@ -121,7 +131,11 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
         "{ev:?}"
     );
     advance(&app, key, 60).await;
-    assert_eq!(pushed_total(&app, key, id).await, 10, "nothing pushed after the rule fired");
+    assert_eq!(
+        pushed_total(&app, key, id).await,
+        10,
+        "nothing pushed after the rule fired"
+    );
     // resumed by hand, the spent rule stays spent
     post(&app, key, &format!("/v1/rollouts/{id}/resume"), json!({}))
         .await
@@ -143,7 +157,11 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
     let r = rollout(&app, key, id).await;
     assert_eq!(r["state"], "cancelled");
     assert_eq!(
-        (r["counts"]["succeeded"].as_u64(), r["counts"]["failed"].as_u64(), r["counts"]["cancelled"].as_u64()),
+        (
+            r["counts"]["succeeded"].as_u64(),
+            r["counts"]["failed"].as_u64(),
+            r["counts"]["cancelled"].as_u64()
+        ),
         (Some(8), Some(2), Some(90)),
         "the five pushed since the resume were cancelled with the rest"
     );
@@ -177,8 +195,14 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
     assert_eq!(state(&app, key, id).await, "running", "1 of 2 finished");
     advance(&app, key, 61).await;
     let r = rollout(&app, key, id).await;
-    assert_eq!(r["outcomes"], json!({"succeeded": 1, "failed": 0, "timed_out": 2, "rejected": 1}));
-    assert_eq!(r["state"], "cancelled", "2 of 4 timed out; 1 of 4 rejected is under 50 %");
+    assert_eq!(
+        r["outcomes"],
+        json!({"succeeded": 1, "failed": 0, "timed_out": 2, "rejected": 1})
+    );
+    assert_eq!(
+        r["state"], "cancelled",
+        "2 of 4 timed out; 1 of 4 rejected is under 50 %"
+    );
     assert!(has_event(
         &events(&app, key, id).await,
         "cancel",
@@ -277,9 +301,8 @@ async fn waves_start_on_their_success_threshold_or_by_hand(db: Db) {
         .collect();
     assert_eq!(tasks, vec![10, 30, 60]);
     let assigned = waves_of(&e, &f, id).await;
-    let in_wave = |w: i32| -> Vec<usize> {
-        (0..assigned.len()).filter(|i| assigned[*i] == w).collect()
-    };
+    let in_wave =
+        |w: i32| -> Vec<usize> { (0..assigned.len()).filter(|i| assigned[*i] == w).collect() };
     let (w1, w2, w3) = (in_wave(1), in_wave(2), in_wave(3));
     assert_eq!((w1.len(), w2.len(), w3.len()), (10, 30, 60));
     // a spread of the fleet, not its first ten devices
@@ -334,15 +357,34 @@ async fn waves_start_on_their_success_threshold_or_by_hand(db: Db) {
     assert_eq!(r["current_wave"], 2);
     assert_eq!(r["waves"][1]["counts"]["succeeded"], 30);
     assert_eq!(pushed_total(&app, key, id).await, 40);
-    let r = post(&app, key, &format!("/v1/rollouts/{id}/waves/advance"), json!({})).await;
+    let r = post(
+        &app,
+        key,
+        &format!("/v1/rollouts/{id}/waves/advance"),
+        json!({}),
+    )
+    .await;
     r.expect(200);
     assert_eq!(r.json()["current_wave"], 3);
     advance(&app, key, 1).await;
-    assert_eq!(pushed_total(&app, key, id).await, 100, "the rollout's rate: none");
-    post(&app, key, &format!("/v1/rollouts/{id}/waves/advance"), json!({}))
-        .await
-        .expect(409);
-    assert_eq!(waves_of(&e, &f, id).await, assigned, "each device kept its wave");
+    assert_eq!(
+        pushed_total(&app, key, id).await,
+        100,
+        "the rollout's rate: none"
+    );
+    post(
+        &app,
+        key,
+        &format!("/v1/rollouts/{id}/waves/advance"),
+        json!({}),
+    )
+    .await
+    .expect(409);
+    assert_eq!(
+        waves_of(&e, &f, id).await,
+        assigned,
+        "each device kept its wave"
+    );
 }
 
 // SPEC G4: a cron window in a named time zone: pushes go out only inside it, the window
@@ -370,8 +412,14 @@ async fn windows_push_only_inside_and_follow_daylight_saving(db: Db) {
     for (body, field) in [
         (win("0 1 * *", 60, "UTC", "wait"), "window.cron"),
         (win("0 1 * * * *", 60, "UTC", "wait"), "window.cron"),
-        (win("0 1 * * *", 0, "UTC", "wait"), "window.duration_minutes"),
-        (win("0 1 * * *", 60, "Europe/Atlantis", "wait"), "window.time_zone"),
+        (
+            win("0 1 * * *", 0, "UTC", "wait"),
+            "window.duration_minutes",
+        ),
+        (
+            win("0 1 * * *", 60, "Europe/Atlantis", "wait"),
+            "window.time_zone",
+        ),
         (win("0 1 * * *", 60, "UTC", "later"), "window.on_close"),
     ] {
         refused(&app, key, f.package, body, field).await;
@@ -386,9 +434,20 @@ async fn windows_push_only_inside_and_follow_daylight_saving(db: Db) {
     refused(&app, key, f.package, pull, "window").await;
 
     // 01:00 Berlin time for an hour: 00:00–01:00 UTC in winter, 23:00–00:00 UTC in summer
-    let wait = create(&app, key, f.package, win("0 1 * * *", 60, "Europe/Berlin", "wait")).await;
-    let cancel =
-        create(&app, key, g.package, win("0 1 * * *", 60, "Europe/Berlin", "cancel")).await;
+    let wait = create(
+        &app,
+        key,
+        f.package,
+        win("0 1 * * *", 60, "Europe/Berlin", "wait"),
+    )
+    .await;
+    let cancel = create(
+        &app,
+        key,
+        g.package,
+        win("0 1 * * *", 60, "Europe/Berlin", "cancel"),
+    )
+    .await;
     let mut now = utc("2027-03-26T12:00:00Z");
     let mut until = |to: &str| {
         let secs = (utc(to) - now) / 1000;
@@ -460,12 +519,21 @@ async fn withdrawing_a_package_stops_every_rollout_of_it(db: Db) {
     post(&app, key, &path, json!({"reason": " "}))
         .await
         .expect(400);
-    let r = post(&app, key, &path, json!({"reason": "bricks meters on rev B boards"})).await;
+    let r = post(
+        &app,
+        key,
+        &path,
+        json!({"reason": "bricks meters on rev B boards"}),
+    )
+    .await;
     r.expect(200);
     let w = r.json();
     assert_eq!(w["rollouts"], json!([first, dynamic]));
     assert_eq!(w["tasks_cancelled"], 99);
-    assert_eq!(w["package"]["withdrawn_reason"], "bricks meters on rev B boards");
+    assert_eq!(
+        w["package"]["withdrawn_reason"],
+        "bricks meters on rev B boards"
+    );
     assert!(w["package"]["withdrawn_at"].is_string());
     post(&app, key, &path, json!({"reason": "again"}))
         .await
@@ -473,7 +541,10 @@ async fn withdrawing_a_package_stops_every_rollout_of_it(db: Db) {
     let r = rollout(&app, key, first).await;
     assert_eq!(r["state"], "cancelled");
     assert_eq!(r["counts"]["waiting"], 0);
-    assert_eq!(r["counts"]["cancelled"], 99, "waiting, pushed and in progress");
+    assert_eq!(
+        r["counts"]["cancelled"], 99,
+        "waiting, pushed and in progress"
+    );
     assert_eq!(r["counts"]["failed"], 1);
     assert!(has_event(
         &events(&app, key, first).await,
@@ -491,10 +562,17 @@ async fn withdrawing_a_package_stops_every_rollout_of_it(db: Db) {
     advance(&app, key, 1_200).await;
     let c = &rollout(&app, key, first).await["counts"];
     assert_eq!(
-        (c["pushed"].as_u64(), c["cancelled"].as_u64(), c["failed"].as_u64()),
+        (
+            c["pushed"].as_u64(),
+            c["cancelled"].as_u64(),
+            c["failed"].as_u64()
+        ),
         (Some(0), Some(99), Some(1))
     );
-    assert_eq!(task_state(&e, first, f.devices[1]).await.as_deref(), Some("failed"));
+    assert_eq!(
+        task_state(&e, first, f.devices[1]).await.as_deref(),
+        Some("failed")
+    );
     assert_eq!(task_state(&e, dynamic, f.devices[50]).await, None);
     let r = post(
         &app,
@@ -505,12 +583,23 @@ async fn withdrawing_a_package_stops_every_rollout_of_it(db: Db) {
     .await;
     r.expect(409);
     assert!(r.json()["message"].as_str().unwrap().contains("withdrawn"));
-    let r = post(&app, key, &format!("/v1/packages/{}/reinstate", f.package), json!({})).await;
+    let r = post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/reinstate", f.package),
+        json!({}),
+    )
+    .await;
     r.expect(200);
     assert!(r.json().get("withdrawn_at").is_none());
-    post(&app, key, &format!("/v1/packages/{}/reinstate", f.package), json!({}))
-        .await
-        .expect(409);
+    post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/reinstate", f.package),
+        json!({}),
+    )
+    .await
+    .expect(409);
     let again = create(&app, key, f.package, json!({"scope": {"kind": "all"}})).await;
     assert_eq!(rollout(&app, key, again).await["tasks_created"], 100);
 }
@@ -536,9 +625,14 @@ async fn force_reinstall_pushes_to_devices_already_on_the_target(db: Db) {
     .await;
     let plain = create(&app, key, f.package, json!({"scope": {"kind": "all"}})).await;
     assert_eq!(rollout(&app, key, plain).await["tasks_created"], 5);
-    post(&app, key, &format!("/v1/rollouts/{plain}/cancel"), json!({}))
-        .await
-        .expect(200);
+    post(
+        &app,
+        key,
+        &format!("/v1/rollouts/{plain}/cancel"),
+        json!({}),
+    )
+    .await
+    .expect(200);
     let forced = create(
         &app,
         key,

@@ -280,6 +280,107 @@ async fn a_static_rollout_updates_simulated_devices_and_a_dynamic_one_takes_late
     drop(n0);
 }
 
+/// The real binary, a fresh tenant on it, and a broker address for simulated devices.
+async fn manual_server() -> (Server, Api, SimBroker) {
+    let srv = Server::start(ServerOptions {
+        serve_args: vec!["--clock".into(), "manual".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let key = srv.create_tenant("acme").await.unwrap();
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: srv.base.clone(),
+        key,
+    };
+    let addr = srv.mqtt.clone().unwrap();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mqtt = SimBroker {
+        host: host.to_owned(),
+        port: port.parse::<u16>().unwrap(),
+        subscribe: false,
+    };
+    (srv, api, mqtt)
+}
+
+// SPEC G1 end to end: a firmware that every device fails to flash trips a "failed >= 50 %
+// after 15 finished" rule exactly when the fifteenth device reports, over MQTT, and not one
+// more device is pushed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_firmware_trips_an_abort_rule_and_pushes_stop() {
+    let (_srv, api, mqtt) = manual_server().await;
+    let stats = Arc::new(SimStats::default());
+    let names: Vec<String> = (0..60).map(|i| format!("b{i:02}")).collect();
+    let (_, pkg) = product(&api, "a1Bad", &names, "2.0.0").await;
+    let mut fleet = Vec::new();
+    for name in &names {
+        fleet.push(device(&mqtt, "a1Bad", name, "1.0.0", Behaviour::Fail(-4), &stats).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get("/v1/devices?online=true&limit=500").await["items"]
+        .as_array()
+        .map(Vec::len)
+        != Some(60)
+    {
+        assert!(Instant::now() < deadline, "devices did not come online");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rollout = api
+        .post(
+            &format!("/v1/packages/{pkg}/rollouts"),
+            json!({"scope": {"kind": "all"}, "rate": {"kind": "constant", "per_minute": 10},
+                   "abort_rules": [{"kind": "failed", "threshold_percent": 50,
+                                    "min_finished": 15, "action": "pause"}]}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    // one tick (a second) at a time, each pushed device answering before time moves on
+    let mut ticks = 0;
+    loop {
+        api.advance(1).await;
+        ticks += 1;
+        let c = api
+            .wait_counts(rollout, "pushed devices to answer", |c| {
+                n(c, "pushed") + n(c, "in_progress") == 0
+            })
+            .await;
+        let r = api.get(&format!("/v1/rollouts/{rollout}")).await;
+        if r["state"] == "paused" {
+            assert_eq!(n(&c, "failed"), 15, "{c}");
+            break;
+        }
+        assert!(n(&c, "failed") < 15, "the rule did not fire at 15: {c}");
+        assert!(ticks < 200, "the rule never fired: {c}");
+    }
+    // a minute later (ten pushes' worth), nothing more has been pushed
+    let pushes = stats.pushes.load(std::sync::atomic::Ordering::Relaxed);
+    api.advance(60).await;
+    let c = api.counts(rollout).await;
+    assert_eq!(n(&c, "waiting"), 45, "{c}");
+    assert_eq!(
+        stats.pushes.load(std::sync::atomic::Ordering::Relaxed),
+        pushes
+    );
+    let events = api
+        .get(&format!("/v1/rollouts/{rollout}/events?limit=1000"))
+        .await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "pause"
+                && e["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("15 of 15 finished tasks failed (100.00%)")),
+        "{events}"
+    );
+    drop(fleet);
+}
+
 fn secret(name: &str) -> String {
     format!("secret-of-{name}-0123456789")
 }

@@ -156,7 +156,11 @@ fn package_dto(state: &AppState, p: Package, files: Vec<PackageFile>, now: Milli
 }
 
 /// A package with its files, as every package reply shows it.
-pub(super) async fn package_reply(state: &AppState, p: Package, now: Millis) -> ApiResult<PackageDto> {
+pub(super) async fn package_reply(
+    state: &AppState,
+    p: Package,
+    now: Millis,
+) -> ApiResult<PackageDto> {
     let files = state.store.package_files(p.tenant_id, p.id).await?;
     Ok(package_dto(state, p, files, now))
 }

@@ -75,7 +75,9 @@ pub struct WindowDto {
     pub on_close: Option<String>,
 }
 
-pub(super) fn parse_abort_rules(rules: Vec<AbortRuleDto>) -> Result<Vec<AbortRuleRequest>, ApiError> {
+pub(super) fn parse_abort_rules(
+    rules: Vec<AbortRuleDto>,
+) -> Result<Vec<AbortRuleRequest>, ApiError> {
     rules
         .into_iter()
         .enumerate()
@@ -224,12 +226,14 @@ pub(super) fn waves_out(waves: Vec<Wave>, counts: Option<&[WaveCounts]>) -> Vec<
                 rate: w.rate.map(rate_out),
                 max_concurrency: w.max_concurrency,
                 tasks: w.tasks,
-                counts: counts.and_then(|c| c.iter().find(|c| c.wave == n)).map(|c| {
-                    TaskState::ALL
-                        .iter()
-                        .map(|s| (s.as_str().to_owned(), c.counts.get(s).copied().unwrap_or(0)))
-                        .collect()
-                }),
+                counts: counts
+                    .and_then(|c| c.iter().find(|c| c.wave == n))
+                    .map(|c| {
+                        TaskState::ALL
+                            .iter()
+                            .map(|s| (s.as_str().to_owned(), c.counts.get(s).copied().unwrap_or(0)))
+                            .collect()
+                    }),
             }
         })
         .collect()
@@ -313,7 +317,13 @@ async fn withdraw_package(
     let now = state.now();
     let (p, rollouts, n) = state
         .store
-        .withdraw_package(tenant, PackageId(*id), &reason, &Actor::key(auth.0.key), now)
+        .withdraw_package(
+            tenant,
+            PackageId(*id),
+            &reason,
+            &Actor::key(auth.0.key),
+            now,
+        )
         .await?;
     Ok(HttpResponse::Ok().json(Withdrawn {
         package: package_reply(&state, p, now).await?,
@@ -332,7 +342,10 @@ async fn reinstate_package(
     id: web::Path<i64>,
 ) -> ApiResult<HttpResponse> {
     let tenant = auth.require(Action::ManageRollouts)?;
-    let p = state.store.reinstate_package(tenant, PackageId(*id)).await?;
+    let p = state
+        .store
+        .reinstate_package(tenant, PackageId(*id))
+        .await?;
     let now = state.now();
     Ok(HttpResponse::Ok().json(package_reply(&state, p, now).await?))
 }
@@ -340,6 +353,16 @@ async fn reinstate_package(
 #[derive(OpenApi)]
 #[openapi(
     paths(advance_wave, withdraw_package, reinstate_package),
-    components(schemas(AbortRuleDto, WaveDto, WindowDto, AbortRuleOut, WaveOut, WindowOut, OutcomesOut, Withdraw, Withdrawn))
+    components(schemas(
+        AbortRuleDto,
+        WaveDto,
+        WindowDto,
+        AbortRuleOut,
+        WaveOut,
+        WindowOut,
+        OutcomesOut,
+        Withdraw,
+        Withdrawn
+    ))
 )]
 pub struct Doc;

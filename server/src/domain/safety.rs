@@ -132,7 +132,7 @@ impl AbortRule {
 
 /// `1234` hundredths → "12.34".
 pub fn percent_text(centi: u32) -> String {
-    if centi % 100 == 0 {
+    if centi.is_multiple_of(100) {
         (centi / 100).to_string()
     } else {
         format!("{}.{:02}", centi / 100, centi % 100)
@@ -223,8 +223,7 @@ pub struct Wave {
 impl Wave {
     /// Whether `succeeded` of this wave's tasks reach its threshold (an empty wave has).
     pub fn threshold_reached(&self, succeeded: u64) -> bool {
-        u128::from(succeeded) * 100
-            >= u128::from(self.success_threshold) * u128::from(self.tasks)
+        u128::from(succeeded) * 100 >= u128::from(self.success_threshold) * u128::from(self.tasks)
     }
 }
 
@@ -261,10 +260,7 @@ pub struct WaveRequest {
     pub max_concurrency: Option<i64>,
 }
 
-pub fn validate_waves(
-    waves: Vec<WaveRequest>,
-    push_mode: PushMode,
-) -> Result<Vec<Wave>, Invalid> {
+pub fn validate_waves(waves: Vec<WaveRequest>, push_mode: PushMode) -> Result<Vec<Wave>, Invalid> {
     if waves.is_empty() {
         return Ok(vec![]);
     }
@@ -315,12 +311,10 @@ pub fn validate_waves(
                         })?;
                     WaveSize::Count(c)
                 }
-                _ => {
-                    return Err(Invalid::new(
-                        f("percent"),
-                        "every wave but the last gives a percent or a count, all waves the same one",
-                    ))
-                }
+                _ => return Err(Invalid::new(
+                    f("percent"),
+                    "every wave but the last gives a percent or a count, all waves the same one",
+                )),
             }
         };
         if i == last && (w.advance.is_some() || w.success_threshold.is_some()) {
@@ -419,9 +413,8 @@ impl MaintenanceWindow {
             ));
         }
         // the cron crate reads seconds first; windows open on whole minutes
-        let schedule = cron::Schedule::from_str(&format!("0 {cron_expr}")).map_err(|e| {
-            Invalid::new("window.cron", format!("not a cron expression: {e}"))
-        })?;
+        let schedule = cron::Schedule::from_str(&format!("0 {cron_expr}"))
+            .map_err(|e| Invalid::new("window.cron", format!("not a cron expression: {e}")))?;
         let (lo, hi) = SL::WINDOW_MINUTES;
         if !(lo..=hi).contains(&duration_minutes) {
             return Err(Invalid::new(
@@ -436,7 +429,10 @@ impl MaintenanceWindow {
             )
         })?;
         if schedule.upcoming(tz).next().is_none() {
-            return Err(Invalid::new("window.cron", "this expression never opens a window"));
+            return Err(Invalid::new(
+                "window.cron",
+                "this expression never opens a window",
+            ));
         }
         Ok(Self {
             cron: cron_expr.split_whitespace().collect::<Vec<_>>().join(" "),
@@ -608,7 +604,11 @@ mod tests {
             wave(WaveSize::Rest),
         ];
         assert_eq!(wave_bounds(30, &c), vec![5, 30, 30]);
-        assert!(Wave { tasks: 0, ..wave(WaveSize::Rest) }.threshold_reached(0));
+        assert!(Wave {
+            tasks: 0,
+            ..wave(WaveSize::Rest)
+        }
+        .threshold_reached(0));
         let w = Wave {
             success_threshold: 95,
             tasks: 100,
@@ -633,16 +633,28 @@ mod tests {
         assert_eq!(ok[1].size, WaveSize::Rest);
         let err = |v: Vec<WaveRequest>| validate_waves(v, PushMode::Push).unwrap_err().field;
         assert_eq!(err(vec![w(None, None)]), "waves");
-        assert_eq!(err(vec![w(Some(10), None), w(Some(10), None)]), "waves[1].percent");
-        assert_eq!(err(vec![w(Some(10), None), w(None, Some(5)), w(None, None)]), "waves[1].percent");
-        assert_eq!(err(vec![w(Some(60), None), w(Some(40), None), w(None, None)]), "waves");
+        assert_eq!(
+            err(vec![w(Some(10), None), w(Some(10), None)]),
+            "waves[1].percent"
+        );
+        assert_eq!(
+            err(vec![w(Some(10), None), w(None, Some(5)), w(None, None)]),
+            "waves[1].percent"
+        );
+        assert_eq!(
+            err(vec![w(Some(60), None), w(Some(40), None), w(None, None)]),
+            "waves"
+        );
         assert_eq!(err(vec![w(None, Some(0)), w(None, None)]), "waves[0].count");
         let mut last = w(None, None);
         last.advance = Some(WaveAdvance::Manual);
         assert_eq!(err(vec![w(Some(5), None), last]), "waves[1].advance");
         let mut rated = w(Some(5), None);
         rated.rate = Some(RateRequest::Constant { per_minute: 5 });
-        assert_eq!(err(vec![rated.clone(), w(None, None)]), "waves[0].rate.per_minute");
+        assert_eq!(
+            err(vec![rated.clone(), w(None, None)]),
+            "waves[0].rate.per_minute"
+        );
         assert_eq!(
             validate_waves(vec![rated, w(None, None)], PushMode::Pull)
                 .unwrap_err()
@@ -673,8 +685,8 @@ mod tests {
     fn window_follows_daylight_saving_in_its_time_zone() {
         // 01:00 Berlin time daily for 3 hours: 00:00 UTC in winter (CET), 23:00 UTC the day
         // before in summer (CEST); the change was at 01:00 UTC on 2027-03-28.
-        let w = MaintenanceWindow::parse("0 1 * * *", 180, "Europe/Berlin", WindowClose::Wait)
-            .unwrap();
+        let w =
+            MaintenanceWindow::parse("0 1 * * *", 180, "Europe/Berlin", WindowClose::Wait).unwrap();
         let before = utc("2027-03-27T00:00:00Z");
         assert_eq!(w.covered(before - 1, before + 3 * H), 3 * H);
         let change_day = utc("2027-03-28T00:00:00Z"); // 01:00 CET, still winter
@@ -683,20 +695,60 @@ mod tests {
         assert_eq!(w.covered(summer - H, summer), 0);
         assert_eq!(w.covered(summer, summer + 3 * H), 3 * H);
         // a whole week across the change: seven windows of three real hours
-        assert_eq!(w.covered(utc("2027-03-24T12:00:00Z"), utc("2027-03-31T12:00:00Z")), 21 * H);
+        assert_eq!(
+            w.covered(utc("2027-03-24T12:00:00Z"), utc("2027-03-31T12:00:00Z")),
+            21 * H
+        );
+    }
+
+    #[test]
+    fn a_seed_daily_repeat_is_one_such_window() {
+        // R2's "repeat every day" 02:00-03:00 UTC and the window "0 2 * * *" for an hour
+        // allow the same time over any range after the start
+        let start = utc("2026-11-18T02:00:00Z");
+        let daily = Schedule {
+            start_at: Some(start),
+            end_at: Some(start + H),
+            daily_repeat: true,
+            utc_offset_minutes: 0,
+        };
+        let w = MaintenanceWindow::parse("0 2 * * *", 60, "UTC", WindowClose::Wait).unwrap();
+        for (from, to) in [
+            (start, start + 24 * H),
+            (start + 30 * M, start + 3 * 24 * H + 45 * M),
+            (start + 5 * H, start + 23 * H),
+            (start - 1, start + 7 * M),
+        ] {
+            assert_eq!(
+                daily.push_time_between(from, to),
+                w.covered(from, to),
+                "{from}..{to}"
+            );
+        }
     }
 
     #[test]
     fn window_rules() {
         let p = |c: &str, d: i64, tz: &str| {
-            MaintenanceWindow::parse(c, d, tz, WindowClose::Wait).map(|_| ()).map_err(|e| e.field)
+            MaintenanceWindow::parse(c, d, tz, WindowClose::Wait)
+                .map(|_| ())
+                .map_err(|e| e.field)
         };
         assert!(p("30 22 * * 1-5", 120, "Asia/Shanghai").is_ok());
         assert_eq!(p("0 0 2 * * *", 60, "UTC").unwrap_err(), "window.cron");
         assert_eq!(p("0 25 * * *", 60, "UTC").unwrap_err(), "window.cron");
         assert_eq!(p("0 0 31 2 *", 60, "UTC").unwrap_err(), "window.cron");
-        assert_eq!(p("0 2 * * *", 0, "UTC").unwrap_err(), "window.duration_minutes");
-        assert_eq!(p("0 2 * * *", 10_081, "UTC").unwrap_err(), "window.duration_minutes");
-        assert_eq!(p("0 2 * * *", 60, "Mars/Olympus").unwrap_err(), "window.time_zone");
+        assert_eq!(
+            p("0 2 * * *", 0, "UTC").unwrap_err(),
+            "window.duration_minutes"
+        );
+        assert_eq!(
+            p("0 2 * * *", 10_081, "UTC").unwrap_err(),
+            "window.duration_minutes"
+        );
+        assert_eq!(
+            p("0 2 * * *", 60, "Mars/Olympus").unwrap_err(),
+            "window.time_zone"
+        );
     }
 }

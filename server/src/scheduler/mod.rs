@@ -409,14 +409,20 @@ impl Scheduler {
         self.store.join_dynamic_rollouts(&informed, now).await?;
         let quiet = self.quiet.lock().map(|q| q.clone()).unwrap_or_default();
         if !connected.is_empty() {
-            let owed = self.store.owed_pushes(&connected, true, &quiet, now).await?;
+            let owed = self
+                .store
+                .owed_pushes(&connected, true, &quiet, now)
+                .await?;
             self.push_all(owed, now).await;
         }
         if !informed.is_empty() {
             // without presence (an external broker) a version report is the only sign a
             // device is back, so what was pushed before goes out again
             let repush = !self.gateway.knows_presence();
-            let owed = self.store.owed_pushes(&informed, repush, &quiet, now).await?;
+            let owed = self
+                .store
+                .owed_pushes(&informed, repush, &quiet, now)
+                .await?;
             self.push_all(owed, now).await;
         }
         for ev in asks {

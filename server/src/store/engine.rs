@@ -679,8 +679,12 @@ impl Store {
         )
         .await?;
         // G1: a timeout with no retry due is a finished task
-        super::safety::bump(&txn, "timed_out_total", &super::safety::final_failures(&timed_out))
-            .await?;
+        super::safety::bump(
+            &txn,
+            "timed_out_total",
+            &super::safety::final_failures(&timed_out),
+        )
+        .await?;
         let timed_out = timed_out.len() as u64;
         let retried = transition(
             &txn,

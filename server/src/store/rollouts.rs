@@ -2200,10 +2200,7 @@ async fn insert_tasks_in_waves(
         .map(|(w, b)| {
             let tasks = b - prev;
             prev = *b;
-            Wave {
-                tasks,
-                ..w.clone()
-            }
+            Wave { tasks, ..w.clone() }
         })
         .collect();
     Ok((n, sized))

@@ -434,7 +434,11 @@ impl Store {
     }
 
     /// G3: a rollout's tasks by wave and state.
-    pub async fn wave_counts(&self, tenant: TenantId, id: RolloutId) -> StoreResult<Vec<WaveCounts>> {
+    pub async fn wave_counts(
+        &self,
+        tenant: TenantId,
+        id: RolloutId,
+    ) -> StoreResult<Vec<WaveCounts>> {
         let r = self.get_rollout(tenant, id).await?;
         #[derive(FromQueryResult)]
         struct Row {
@@ -579,7 +583,10 @@ impl Store {
             )));
         }
         package::Entity::update_many()
-            .col_expr(package::Column::WithdrawnAt, Expr::value(Option::<i64>::None))
+            .col_expr(
+                package::Column::WithdrawnAt,
+                Expr::value(Option::<i64>::None),
+            )
             .col_expr(
                 package::Column::WithdrawnReason,
                 Expr::value(Option::<String>::None),

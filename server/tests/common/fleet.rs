@@ -254,4 +254,3 @@ pub async fn task_row(
         r.try_get("", "failure_reason").unwrap(),
     )
 }
-
