@@ -20,7 +20,43 @@ db_tests!(
     json_import_refuses_a_huge_element,
     version_reports_keep_current_and_history,
     credentials_export_lists_every_device,
+    a_device_that_comes_and_goes_between_presence_writes_is_activated,
 );
+
+// The presence writer coalesces marks per device: one that connected and left before the
+// next write is recorded as activated (its first connection), and offline.
+async fn a_device_that_comes_and_goes_between_presence_writes_is_activated(db: Db) {
+    let t = TestCtx::new(db).await;
+    let app = t.service().await;
+    let p = create_product(&app, &t.admin, "Meter", "alink").await;
+    let r = call(
+        &app,
+        Some(&t.admin),
+        "POST",
+        &format!("/v1/products/{p}/devices"),
+        Some(json!({"name":"dev-1"})),
+    )
+    .await;
+    r.expect(201);
+    let id = r.json()["id"].as_i64().unwrap();
+    let presence = ota_server::dispatch::presence::Presence::start(t.store.clone());
+    // marked twice before the writer takes either (it cannot run: this task holds the thread)
+    presence.mark(ota_server::domain::DeviceId(id), true, T0 + 1_000);
+    presence.mark(ota_server::domain::DeviceId(id), false, T0 + 2_000);
+    assert!(presence.flushed(std::time::Duration::from_secs(30)).await);
+    let r = call(
+        &app,
+        Some(&t.admin),
+        "GET",
+        &format!("/v1/devices/{id}"),
+        None,
+    )
+    .await;
+    r.expect(200);
+    let d = r.json();
+    assert_eq!(d["online"], false, "{d}");
+    assert!(d["activated_at"].is_string(), "{d}");
+}
 
 // SPEC M1
 async fn every_v1_call_needs_a_valid_bearer_key(db: Db) {

@@ -214,6 +214,7 @@ fn body_for(op: &str, fx: &Fixture) -> (&'static str, Vec<u8>) {
         "POST /v1/asset-trees" => j(json!({"name": "walk"})),
         "POST /v1/asset-trees/{id}/nodes" => j(json!({"name": "walk"})),
         "PATCH /v1/packages/{id}" => j(json!({"description": "walk"})),
+        "POST /v1/packages/{id}/withdraw" => j(json!({"reason": "walk"})),
         "PUT /v1/packages/{id}/files/{name}" => ("application/octet-stream", b"walk".to_vec()),
         "POST /v1/packages/{id}/rollouts" => j(json!({"scope": {"kind": "all"}})),
         "POST /v1/rollouts/{id}/tasks/cancel" => j(json!({"states": ["waiting"]})),

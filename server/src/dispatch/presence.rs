@@ -4,7 +4,9 @@
 //! nothing on the CONNECT path or in the router waits for the database.
 //!
 //! Marks coalesce per device (the latest wins), so what is pending is bounded by the number
-//! of devices, however fast they come and go.
+//! of devices, however fast they come and go. A device that connected and left again
+//! between two writes is still recorded as having connected (its first connection is its
+//! activation, SPEC D1), then as offline.
 
 use crate::clock::Millis;
 use crate::domain::DeviceId;
@@ -16,7 +18,8 @@ use tokio::sync::Notify;
 
 #[derive(Default)]
 struct Pending {
-    marks: Mutex<HashMap<DeviceId, (bool, Millis)>>,
+    /// Per device: online now, as of when, and whether it connected since the last write.
+    marks: Mutex<HashMap<DeviceId, (bool, Millis, bool)>>,
     wake: Notify,
     /// Flushes asked for; the writer reports the last it started a pass after.
     requested: AtomicU64,
@@ -42,7 +45,8 @@ impl Presence {
     /// Records, soon, that the device is online (or not) as of `at`.
     pub fn mark(&self, device: DeviceId, online: bool, at: Millis) {
         if let Ok(mut m) = self.pending.marks.lock() {
-            m.insert(device, (online, at));
+            let connected = online || m.get(&device).is_some_and(|p| p.2);
+            m.insert(device, (online, at, connected));
         }
         self.pending.wake.notify_one();
     }
@@ -73,11 +77,12 @@ async fn write_batches(
             .lock()
             .map(|mut m| std::mem::take(&mut *m))
             .unwrap_or_default();
+        // the online pass first: it takes those that connected and left since, too
         for online in [true, false] {
             let mut ids = Vec::new();
             let mut at = 0;
-            for (id, (o, t)) in &batch {
-                if *o == online {
+            for (id, (o, t, connected)) in &batch {
+                if *o == online || (online && *connected) {
                     ids.push(*id);
                     at = at.max(*t);
                 }
