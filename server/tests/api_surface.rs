@@ -217,6 +217,9 @@ fn body_for(op: &str, fx: &Fixture) -> (&'static str, Vec<u8>) {
         "POST /v1/packages/{id}/withdraw" => j(json!({"reason": "walk"})),
         "PUT /v1/packages/{id}/files/{name}" => ("application/octet-stream", b"walk".to_vec()),
         "POST /v1/packages/{id}/rollouts" => j(json!({"scope": {"kind": "all"}})),
+        "POST /v1/packages/{id}/rollouts/projection" => {
+            j(json!({"rollout": {"scope": {"kind": "all"}}}))
+        }
         "POST /v1/rollouts/{id}/tasks/cancel" => j(json!({"states": ["waiting"]})),
         "PATCH /v1/rollouts/{id}" => j(json!({"tags": {"walk": "x"}})),
         "POST /v1/packages/{id}/tasks/cancel" => j(json!({"device_ids": [device]})),

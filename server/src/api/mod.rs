@@ -15,6 +15,7 @@ mod keys;
 mod openapi;
 mod packages;
 mod products;
+mod projection;
 mod rollouts;
 mod safety;
 mod search;
@@ -102,6 +103,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(packages::configure)
             .configure(rollouts::configure)
             .configure(safety::configure)
+            .configure(projection::configure)
             .configure(clock::configure(manual))
             .default_service(web::to(not_routed));
     }

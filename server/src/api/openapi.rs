@@ -51,6 +51,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::packages::Doc::openapi(),
         super::rollouts::Doc::openapi(),
         super::safety::Doc::openapi(),
+        super::projection::Doc::openapi(),
         super::downloads::Doc::openapi(),
     ] {
         doc.merge(part);

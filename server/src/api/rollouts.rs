@@ -582,7 +582,7 @@ pub(super) fn parse_rate(r: RateDto) -> Result<RateRequest, ApiError> {
     }
 }
 
-fn to_request(b: CreateRollout) -> Result<RolloutRequest, ApiError> {
+pub(super) fn to_request(b: CreateRollout) -> Result<RolloutRequest, ApiError> {
     let method = match b.method.as_deref() {
         None => UpdateMethod::Static,
         Some(m) => UpdateMethod::parse_field("method", m)?,

@@ -4,6 +4,7 @@ pub mod groups;
 pub mod ids;
 pub mod names;
 pub mod package;
+pub mod projection;
 pub mod rate;
 pub mod registry;
 pub mod role;

@@ -67,6 +67,23 @@ pub struct Rollout {
     pub outcomes: Outcomes,
 }
 
+/// G7: what a rollout would take, made and rolled back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    pub devices: u64,
+    /// A page of their names, by name.
+    pub names: Vec<String>,
+    /// Its waves with their task counts.
+    pub waves: Vec<Wave>,
+    /// Earlier not-yet-started tasks it would replace (R10, R11).
+    pub replaced: u64,
+}
+
+enum Made {
+    Created(Box<Rollout>),
+    Projected(DryRun),
+}
+
 /// Task counts of a rollout by state (O2).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskCounts(pub BTreeMap<TaskState, u64>);
@@ -509,6 +526,54 @@ impl Store {
         created_by: Option<ApiKeyId>,
         now: Millis,
     ) -> StoreResult<Rollout> {
+        match self
+            .make_rollout(tenant, package, spec, actor, created_by, now, None)
+            .await?
+        {
+            Made::Created(r) => Ok(*r),
+            Made::Projected(_) => Err(StoreError::Database(sea_orm::DbErr::Custom(
+                "a rollout was projected when it was to be created".into(),
+            ))),
+        }
+    }
+
+    /// G7: which devices a rollout would take, made exactly as [`Store::create_rollout`]
+    /// makes it, inside a transaction that is then rolled back: the count, the page
+    /// `(offset, limit)` of device names by name, and its waves with their task counts.
+    pub async fn project_rollout(
+        &self,
+        tenant: TenantId,
+        package: PackageId,
+        spec: RolloutSpec,
+        now: Millis,
+        page: (u64, u64),
+    ) -> StoreResult<DryRun> {
+        let actor = Actor {
+            cause: Cause::Api,
+            who: None,
+        };
+        match self
+            .make_rollout(tenant, package, spec, &actor, None, now, Some(page))
+            .await?
+        {
+            Made::Projected(d) => Ok(d),
+            Made::Created(_) => Err(StoreError::Database(sea_orm::DbErr::Custom(
+                "a rollout was created when it was to be projected".into(),
+            ))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn make_rollout(
+        &self,
+        tenant: TenantId,
+        package: PackageId,
+        spec: RolloutSpec,
+        actor: &Actor,
+        created_by: Option<ApiKeyId>,
+        now: Millis,
+        dry: Option<(u64, u64)>,
+    ) -> StoreResult<Made> {
         let pkg = self.get_package(tenant, package).await?;
         // G5
         if let Some((at, reason)) = &pkg.withdrawn {
@@ -824,8 +889,42 @@ impl Store {
             now,
         )
         .await?;
+        if let Some((offset, limit)) = dry {
+            #[derive(FromQueryResult)]
+            struct Name {
+                name: String,
+            }
+            let names = Name::find_by_statement(stmt(
+                backend,
+                "SELECT d.name FROM task t JOIN device d ON d.id = t.device_id \
+                 WHERE t.rollout_id = ? ORDER BY d.name LIMIT ? OFFSET ?",
+                vec![
+                    id.0.into(),
+                    i64::try_from(limit).unwrap_or(i64::MAX).into(),
+                    i64::try_from(offset).unwrap_or(i64::MAX).into(),
+                ],
+            ))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+            let waves = rollout::Entity::find_by_id(id.0)
+                .one(&txn)
+                .await?
+                .map(|m| super::safety::waves_from(&m.waves))
+                .unwrap_or_default();
+            // dropped, not committed: nothing of it stays
+            txn.rollback().await?;
+            return Ok(Made::Projected(DryRun {
+                devices: created,
+                names,
+                waves,
+                replaced,
+            }));
+        }
         txn.commit().await?;
-        self.get_rollout(tenant, id).await
+        Ok(Made::Created(Box::new(self.get_rollout(tenant, id).await?)))
     }
 
     /// The registry condition of a group, asset-tree, attribute or tag scope (404 for
