@@ -315,7 +315,9 @@ fn components_outside_the_interface_are_refused() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(e.compile(b"\0asm\x0d\0\x01\0"), Err(PolicyError::NotAComponent(_))));
+    // an empty component is a component, but provides no hook; a core module is none
+    assert!(matches!(e.compile(b"\0asm\x0d\0\x01\0"), Err(PolicyError::UnsupportedExports(_))));
+    assert!(matches!(e.compile(b"\0asm\x01\0\0\0"), Err(PolicyError::NotAComponent(_))));
     still_serves(&e);
 }
 
