@@ -90,9 +90,9 @@ pub mod bindings {
     });
 }
 
-use crate::{Device, ModuleVersion, PolicyError, Requirements};
 #[cfg(feature = "approval")]
 use crate::Verdict;
+use crate::{Device, ModuleVersion, PolicyError, Requirements};
 use std::marker::PhantomData;
 
 /// Implements the generated export traits for a policy type `P`.

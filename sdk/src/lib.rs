@@ -387,3 +387,56 @@ macro_rules! export_policy {
         };
     };
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+    struct Big {
+        blob: Vec<u8>,
+    }
+
+    #[test]
+    fn empty_config_reads_as_an_empty_object() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            #[serde(default)]
+            n: u32,
+        }
+        let c: C = parse_config(b"  ").unwrap();
+        assert_eq!(c.n, 0);
+        let e = parse_config::<C>(b"{\"n\": -1}").err().unwrap();
+        assert_eq!(e.code, "bad_config");
+    }
+
+    #[test]
+    fn states_round_trip_and_are_capped() {
+        let s = Big { blob: vec![1; 10] };
+        let bytes = encode_state(&s).unwrap();
+        assert_eq!(decode_state::<Big>(&bytes).unwrap(), s);
+        assert_eq!(decode_state::<Big>(&[]).unwrap(), Big::default());
+        let huge = Big {
+            blob: vec![200; MAX_STATE_BYTES],
+        };
+        assert_eq!(encode_state(&huge).unwrap_err().code, "state_too_large");
+    }
+
+    #[test]
+    fn the_fake_host_keeps_logs_and_config() {
+        let mut h = testing::Harness::with_config("{\"a\": 1}");
+        let cfg = h.run(|| {
+            log(Level::Warn, "careful");
+            config()
+        });
+        assert_eq!(cfg, b"{\"a\": 1}");
+        assert_eq!(h.logs(), &[(Level::Warn, "careful".to_owned())]);
+        // outside the harness the thread's host is empty again
+        assert!(config().is_empty());
+        assert_eq!(
+            check_len(vec![true], 2, "select").unwrap_err().code,
+            "bad_output"
+        );
+    }
+}

@@ -90,11 +90,20 @@ fn canary_scope_selects_a_stable_share_per_region() {
     }
     // a bad config is the policy's own error, not a trap
     let err = e.scope_select(&p, br#"{"percent": 5}"#, &[device(1, "eu")]);
-    assert!(matches!(err, Err(PolicyError::Returned { ref code, .. }) if code == "bad_config"), "{err:?}");
+    assert!(
+        matches!(err, Err(PolicyError::Returned { ref code, .. }) if code == "bad_config"),
+        "{err:?}"
+    );
     // more than a batch is refused before the call
     let many: Vec<PolicyDevice> = (0..1_001).map(|i| device(i, "eu")).collect();
-    assert!(matches!(e.scope_select(&p, CANARY, &many), Err(PolicyError::TooMuchInput(_))));
-    assert!(matches!(e.approve(&p, CANARY, 0, &[]), Err(PolicyError::NoSuchHook("approval"))));
+    assert!(matches!(
+        e.scope_select(&p, CANARY, &many),
+        Err(PolicyError::TooMuchInput(_))
+    ));
+    assert!(matches!(
+        e.approve(&p, CANARY, 0, &[]),
+        Err(PolicyError::NoSuchHook("approval"))
+    ));
 }
 
 // The maintenance window approves inside local night hours and defers to the window's
@@ -124,11 +133,20 @@ fn maintenance_approval_defers_outside_local_night() {
     // 2026-07-01 00:30 UTC
     let now = 1_782_865_800_000;
     let v = e
-        .approve(&p, config, now, &[task(1, "+08:00"), task(2, "Europe/Berlin"), task(3, "UTC")])
+        .approve(
+            &p,
+            config,
+            now,
+            &[task(1, "+08:00"), task(2, "Europe/Berlin"), task(3, "UTC")],
+        )
         .unwrap();
     assert_eq!(
         v,
-        vec![Verdict::Defer(16 * 3_600 + 1_800), Verdict::Approve, Verdict::Defer(1_800)]
+        vec![
+            Verdict::Defer(16 * 3_600 + 1_800),
+            Verdict::Approve,
+            Verdict::Defer(1_800)
+        ]
     );
 }
 
@@ -220,11 +238,22 @@ fn variable_rate_component_matches_the_built_in_rate_tick_by_tick() {
         threshold: 1_000,
         count_on: RateCountOn::Pushed,
     };
-    let config = br#"{"base": 50, "factor": 2.0, "max": 10000, "threshold": 1000, "count_on": "pushed"}"#;
+    let config =
+        br#"{"base": 50, "factor": 2.0, "max": 10000, "threshold": 1000, "count_on": "pushed"}"#;
     let t = side_by_side(rate, config, 20_000, 2_460, |_| 0, |_, _| 0);
     let at = |sec: usize| t[sec - 1];
     assert_eq!(
-        [at(60), at(1_199), at(1_200), at(1_799), at(1_800), at(2_100), at(2_249), at(2_250), at(2_325)],
+        [
+            at(60),
+            at(1_199),
+            at(1_200),
+            at(1_799),
+            at(1_800),
+            at(2_100),
+            at(2_249),
+            at(2_250),
+            at(2_325)
+        ],
         [50, 999, 1_000, 1_998, 2_000, 3_000, 3_993, 4_000, 5_000]
     );
     assert_eq!(at(2_460) - at(2_400), 10_000);
@@ -241,8 +270,16 @@ fn variable_rate_component_matches_on_successes_and_refunds() {
         threshold: 100,
         count_on: RateCountOn::Succeeded,
     };
-    let config = br#"{"base": 60, "factor": 1.5, "max": 2000, "threshold": 100, "count_on": "succeeded"}"#;
-    side_by_side(rate, config, 5_000, 900, |released| released * 2 / 3, |tick, n| if tick % 7 == 3 { n / 2 } else { 0 });
+    let config =
+        br#"{"base": 60, "factor": 1.5, "max": 2000, "threshold": 100, "count_on": "succeeded"}"#;
+    side_by_side(
+        rate,
+        config,
+        5_000,
+        900,
+        |released| released * 2 / 3,
+        |tick, n| if tick % 7 == 3 { n / 2 } else { 0 },
+    );
     let pushed = PushRate::Variable {
         base: 7,
         factor_centi: 300,
@@ -251,7 +288,14 @@ fn variable_rate_component_matches_on_successes_and_refunds() {
         count_on: RateCountOn::Pushed,
     };
     let config = br#"{"base": 7, "factor": 3, "max": 5000, "threshold": 20}"#;
-    side_by_side(pushed, config, 3_000, 600, |_| 0, |tick, n| if tick % 5 == 0 { n } else { 0 });
+    side_by_side(
+        pushed,
+        config,
+        3_000,
+        600,
+        |_| 0,
+        |tick, n| if tick % 5 == 0 { n } else { 0 },
+    );
 }
 
 // An endless loop is stopped by fuel (or, with fuel to spare, by the deadline).
@@ -265,7 +309,10 @@ fn an_endless_loop_runs_out_of_fuel_or_time() {
     })
     .unwrap();
     let p = compile(&e, "endless-loop");
-    assert_eq!(e.scope_select(&p, &[], &[device(1, "eu")]), Err(PolicyError::OutOfFuel));
+    assert_eq!(
+        e.scope_select(&p, &[], &[device(1, "eu")]),
+        Err(PolicyError::OutOfFuel)
+    );
     still_serves(&e);
 
     let e = Engine::new(Limits {
@@ -277,8 +324,15 @@ fn an_endless_loop_runs_out_of_fuel_or_time() {
     .unwrap();
     let p = compile(&e, "endless-loop");
     let started = Instant::now();
-    assert_eq!(e.scope_select(&p, &[], &[device(1, "eu")]), Err(PolicyError::Deadline));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(
+        e.scope_select(&p, &[], &[device(1, "eu")]),
+        Err(PolicyError::Deadline)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     still_serves(&e);
 }
 
@@ -287,12 +341,18 @@ fn an_endless_loop_runs_out_of_fuel_or_time() {
 fn a_memory_bomb_and_a_panic_are_contained() {
     let e = engine();
     let bomb = compile(&e, "memory-bomb");
-    assert_eq!(e.scope_select(&bomb, &[], &[device(1, "eu")]), Err(PolicyError::MemoryLimit));
+    assert_eq!(
+        e.scope_select(&bomb, &[], &[device(1, "eu")]),
+        Err(PolicyError::MemoryLimit)
+    );
     still_serves(&e);
     let panics = compile(&e, "panic");
     match e.scope_select(&panics, &[], &[device(1, "eu")]) {
         Err(PolicyError::Trap { message }) => {
-            assert!(message.contains("policy bug: cannot read device dev-1"), "{message}")
+            assert!(
+                message.contains("policy bug: cannot read device dev-1"),
+                "{message}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -311,13 +371,22 @@ fn components_outside_the_interface_are_refused() {
     }
     match e.compile(&wasm("forbidden-import")) {
         Err(PolicyError::ForbiddenImport(name)) => {
-            assert!(name.starts_with("wasi:sockets/") || name.starts_with("wasi:filesystem/"), "{name}")
+            assert!(
+                name.starts_with("wasi:sockets/") || name.starts_with("wasi:filesystem/"),
+                "{name}"
+            )
         }
         other => panic!("{other:?}"),
     }
     // an empty component is a component, but provides no hook; a core module is none
-    assert!(matches!(e.compile(b"\0asm\x0d\0\x01\0"), Err(PolicyError::UnsupportedExports(_))));
-    assert!(matches!(e.compile(b"\0asm\x01\0\0\0"), Err(PolicyError::NotAComponent(_))));
+    assert!(matches!(
+        e.compile(b"\0asm\x0d\0\x01\0"),
+        Err(PolicyError::UnsupportedExports(_))
+    ));
+    assert!(matches!(
+        e.compile(b"\0asm\x01\0\0\0"),
+        Err(PolicyError::NotAComponent(_))
+    ));
     still_serves(&e);
 }
 

@@ -46,7 +46,10 @@ impl Policy for Canary {
 
     fn new(c: Config) -> Result<Self, PolicyError> {
         if c.attribute.is_empty() {
-            return Err(PolicyError::new("bad_config", "attribute must name a device attribute"));
+            return Err(PolicyError::new(
+                "bad_config",
+                "attribute must name a device attribute",
+            ));
         }
         let per_value = c
             .percent
@@ -85,7 +88,11 @@ impl Canary {
             .and_then(|v| self.per_value.get(v))
             .copied()
             .unwrap_or(self.default);
-        let slot = fnv1a(&[self.salt.as_bytes(), d.product.as_bytes(), d.name.as_bytes()]) % 10_000;
+        let slot = fnv1a(&[
+            self.salt.as_bytes(),
+            d.product.as_bytes(),
+            d.name.as_bytes(),
+        ]) % 10_000;
         slot < bp
     }
 }

@@ -133,21 +133,36 @@ mod tests {
     #[test]
     fn releases_at_the_constant_rate_while_failures_stay_low() {
         let mut h = Harness::with_config(CONFIG);
-        assert_eq!(h.tick::<Breaker>(&minute(0, 0, 0)), Ok(Action::Release(120)));
+        assert_eq!(
+            h.tick::<Breaker>(&minute(0, 0, 0)),
+            Ok(Action::Release(120))
+        );
         // 100 finished, 10 failed: exactly 10 %, not over it
-        assert_eq!(h.tick::<Breaker>(&minute(120, 90, 10)), Ok(Action::Release(120)));
+        assert_eq!(
+            h.tick::<Breaker>(&minute(120, 90, 10)),
+            Ok(Action::Release(120))
+        );
     }
 
     #[test]
     fn pauses_with_the_figures_past_the_threshold_and_not_before_the_minimum() {
         let mut h = Harness::with_config(CONFIG);
         // 49 finished, all failed: too few to judge
-        assert_eq!(h.tick::<Breaker>(&minute(0, 0, 49)), Ok(Action::Release(120)));
+        assert_eq!(
+            h.tick::<Breaker>(&minute(0, 0, 49)),
+            Ok(Action::Release(120))
+        );
         let Ok(Action::Pause(why)) = h.tick::<Breaker>(&minute(120, 89, 11)) else {
             panic!("no pause");
         };
-        assert!(why.contains("11 of 100") && why.contains("11.0%") && why.contains("10%"), "{why}");
+        assert!(
+            why.contains("11 of 100") && why.contains("11.0%") && why.contains("10%"),
+            "{why}"
+        );
         // resumed: judged afresh on what finishes from now on
-        assert_eq!(h.tick::<Breaker>(&minute(120, 100, 11)), Ok(Action::Release(120)));
+        assert_eq!(
+            h.tick::<Breaker>(&minute(120, 100, 11)),
+            Ok(Action::Release(120))
+        );
     }
 }

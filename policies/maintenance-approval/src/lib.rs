@@ -53,19 +53,43 @@ pub struct Zone {
 
 /// Parses a zone name or fixed offset; `None` if unknown.
 pub fn zone(name: &str) -> Option<Zone> {
-    let fixed = |h: i64, m: i64| Zone { offset: h * 3_600 + m * 60, dst: Dst::None };
+    let fixed = |h: i64, m: i64| Zone {
+        offset: h * 3_600 + m * 60,
+        dst: Dst::None,
+    };
     let z = match name {
         "UTC" | "Z" | "Etc/UTC" | "GMT" => fixed(0, 0),
-        "Europe/London" | "Europe/Dublin" | "Europe/Lisbon" => Zone { offset: 0, dst: Dst::Eu },
+        "Europe/London" | "Europe/Dublin" | "Europe/Lisbon" => Zone {
+            offset: 0,
+            dst: Dst::Eu,
+        },
         "Europe/Berlin" | "Europe/Paris" | "Europe/Madrid" | "Europe/Rome" | "Europe/Amsterdam"
         | "Europe/Brussels" | "Europe/Vienna" | "Europe/Stockholm" | "Europe/Warsaw"
-        | "Europe/Prague" | "Europe/Zurich" => Zone { offset: 3_600, dst: Dst::Eu },
+        | "Europe/Prague" | "Europe/Zurich" => Zone {
+            offset: 3_600,
+            dst: Dst::Eu,
+        },
         "Europe/Athens" | "Europe/Helsinki" | "Europe/Bucharest" | "Europe/Kiev"
-        | "Europe/Kyiv" => Zone { offset: 7_200, dst: Dst::Eu },
-        "America/New_York" | "America/Toronto" => Zone { offset: -5 * 3_600, dst: Dst::Us },
-        "America/Chicago" => Zone { offset: -6 * 3_600, dst: Dst::Us },
-        "America/Denver" => Zone { offset: -7 * 3_600, dst: Dst::Us },
-        "America/Los_Angeles" | "America/Vancouver" => Zone { offset: -8 * 3_600, dst: Dst::Us },
+        | "Europe/Kyiv" => Zone {
+            offset: 7_200,
+            dst: Dst::Eu,
+        },
+        "America/New_York" | "America/Toronto" => Zone {
+            offset: -5 * 3_600,
+            dst: Dst::Us,
+        },
+        "America/Chicago" => Zone {
+            offset: -6 * 3_600,
+            dst: Dst::Us,
+        },
+        "America/Denver" => Zone {
+            offset: -7 * 3_600,
+            dst: Dst::Us,
+        },
+        "America/Los_Angeles" | "America/Vancouver" => Zone {
+            offset: -8 * 3_600,
+            dst: Dst::Us,
+        },
         "America/Phoenix" => fixed(-7, 0),
         "America/Sao_Paulo" => fixed(-3, 0),
         "Asia/Shanghai" | "Asia/Hong_Kong" | "Asia/Singapore" | "Asia/Taipei" => fixed(8, 0),
@@ -80,7 +104,10 @@ pub fn zone(name: &str) -> Option<Zone> {
 
 /// `+08:00`, `-0530`, `+8`, `UTC+02:00`.
 fn parse_offset(s: &str) -> Option<Zone> {
-    let s = s.strip_prefix("UTC").or_else(|| s.strip_prefix("GMT")).unwrap_or(s);
+    let s = s
+        .strip_prefix("UTC")
+        .or_else(|| s.strip_prefix("GMT"))
+        .unwrap_or(s);
     let (sign, rest) = match s.as_bytes().first()? {
         b'+' => (1, &s[1..]),
         b'-' => (-1, &s[1..]),
@@ -92,13 +119,22 @@ fn parse_offset(s: &str) -> Option<Zone> {
     }
     let (h, m) = match digits.len() {
         1 | 2 => (digits.parse::<i64>().ok()?, 0),
-        3 => (digits[..1].parse::<i64>().ok()?, digits[1..].parse::<i64>().ok()?),
-        _ => (digits[..2].parse::<i64>().ok()?, digits[2..].parse::<i64>().ok()?),
+        3 => (
+            digits[..1].parse::<i64>().ok()?,
+            digits[1..].parse::<i64>().ok()?,
+        ),
+        _ => (
+            digits[..2].parse::<i64>().ok()?,
+            digits[2..].parse::<i64>().ok()?,
+        ),
     };
     if h > 14 || m > 59 {
         return None;
     }
-    Some(Zone { offset: sign * (h * 3_600 + m * 60), dst: Dst::None })
+    Some(Zone {
+        offset: sign * (h * 3_600 + m * 60),
+        dst: Dst::None,
+    })
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -178,7 +214,10 @@ impl Policy for Maintenance {
             ));
         }
         let default_zone = zone(&c.default_zone).ok_or_else(|| {
-            PolicyError::new("bad_config", format!("unknown default_zone {}", c.default_zone))
+            PolicyError::new(
+                "bad_config",
+                format!("unknown default_zone {}", c.default_zone),
+            )
         })?;
         Ok(Self {
             attribute: c.attribute,
@@ -313,10 +352,14 @@ mod tests {
     fn a_window_across_midnight() {
         let mut h = Harness::with_config(r#"{"start_hour": 22, "end_hour": 4}"#);
         // 00:30 UTC: inside 22..04
-        assert_eq!(h.approve::<Maintenance>(JULY, &[in_zone("UTC")]).unwrap(), vec![Verdict::Approve]);
+        assert_eq!(
+            h.approve::<Maintenance>(JULY, &[in_zone("UTC")]).unwrap(),
+            vec![Verdict::Approve]
+        );
         // 08:30 in +08:00: 13.5 h to 22:00
         assert_eq!(
-            h.approve::<Maintenance>(JULY, &[in_zone("+08:00")]).unwrap(),
+            h.approve::<Maintenance>(JULY, &[in_zone("+08:00")])
+                .unwrap(),
             vec![Verdict::Defer(13 * 3_600 + 1_800)]
         );
     }

@@ -71,7 +71,10 @@ impl Policy for VariableRate {
         }
         let centi = (c.factor * 100.0).round();
         if !centi.is_finite() || !(120.0..=500.0).contains(&centi) {
-            return Err(bad(format!("factor must be 1.20 to 5.00, got {}", c.factor)));
+            return Err(bad(format!(
+                "factor must be 1.20 to 5.00, got {}",
+                c.factor
+            )));
         }
         let threshold = ota_policy_sdk::in_range("threshold", c.threshold, 1, 100_000)?;
         // in range, checked above
@@ -107,8 +110,7 @@ impl VariableRate {
             }
             let grown = u64::from(s.per_minute) * u64::from(self.factor_centi) / 100;
             s.per_minute = u32::try_from(grown.min(u64::from(self.max))).unwrap_or(self.max);
-            s.next_threshold =
-                (s.per_minute < self.max).then(|| next + u64::from(self.threshold));
+            s.next_threshold = (s.per_minute < self.max).then(|| next + u64::from(self.threshold));
         }
     }
 
@@ -196,7 +198,8 @@ mod tests {
     use super::*;
     use ota_policy_sdk::testing::Harness;
 
-    const SEED: &str = r#"{"base": 50, "factor": 2.0, "max": 10000, "threshold": 1000, "count_on": "pushed"}"#;
+    const SEED: &str =
+        r#"{"base": 50, "factor": 2.0, "max": 10000, "threshold": 1000, "count_on": "pushed"}"#;
 
     /// Cumulative releases after each of `secs` one-second ticks with unlimited devices.
     fn run(config: &str, secs: usize) -> Vec<u64> {

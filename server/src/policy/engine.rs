@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, types::ComponentItem};
+use wasmtime::component::{
+    types::ComponentItem, Component, ComponentExportIndex, InstancePre, Linker,
+};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use super::host::{self, wit_approval, wit_rate, wit_types, CallState, LogLimits};
@@ -146,7 +148,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("limits", &self.limits).finish()
+        f.debug_struct("Engine")
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -388,17 +392,22 @@ impl Engine {
         self.check_batch(devices.len())?;
         let f = idx.select;
         let out = self.call(p, config, 0, |store, inst| {
-            let func = inst.get_typed_func::<
-                (&[PolicyDevice],),
-                (Result<Vec<bool>, wit_types::PolicyError>,),
-            >(&mut *store, f)?;
+            let func = inst
+                .get_typed_func::<(&[PolicyDevice],), (Result<Vec<bool>, wit_types::PolicyError>,)>(
+                    &mut *store,
+                    f,
+                )?;
             let (r,) = func.call(&mut *store, (devices,))?;
             Ok(r)
         })?;
         let out = out.map_err(returned)?;
         if out.len() != devices.len() {
             return Err(PolicyError::BadOutput {
-                why: format!("select answered {} times for {} devices", out.len(), devices.len()),
+                why: format!(
+                    "select answered {} times for {} devices",
+                    out.len(),
+                    devices.len()
+                ),
             });
         }
         Ok(out)
@@ -410,7 +419,10 @@ impl Engine {
         p: &CompiledPolicy,
         config: &[u8],
     ) -> Result<Requirements, PolicyError> {
-        let idx = p.approval.as_ref().ok_or(PolicyError::NoSuchHook("approval"))?;
+        let idx = p
+            .approval
+            .as_ref()
+            .ok_or(PolicyError::NoSuchHook("approval"))?;
         let f = idx.requirements;
         let r = self.call(p, config, 0, |store, inst| {
             let func = inst.get_typed_func::<(), (wit_types::DeviceFields,)>(&mut *store, f)?;
@@ -428,7 +440,10 @@ impl Engine {
         now_ms: u64,
         tasks: &[PolicyTask],
     ) -> Result<Vec<Verdict>, PolicyError> {
-        let idx = p.approval.as_ref().ok_or(PolicyError::NoSuchHook("approval"))?;
+        let idx = p
+            .approval
+            .as_ref()
+            .ok_or(PolicyError::NoSuchHook("approval"))?;
         self.check_batch(tasks.len())?;
         let f = idx.approve;
         let out = self.call(p, config, now_ms, |store, inst| {
@@ -442,7 +457,11 @@ impl Engine {
         let out = out.map_err(returned)?;
         if out.len() != tasks.len() {
             return Err(PolicyError::BadOutput {
-                why: format!("approve answered {} times for {} tasks", out.len(), tasks.len()),
+                why: format!(
+                    "approve answered {} times for {} tasks",
+                    out.len(),
+                    tasks.len()
+                ),
             });
         }
         Ok(out
@@ -608,6 +627,9 @@ mod tests {
             e.compile(b"\0asm\x01\0\0\0"),
             Err(PolicyError::NotAComponent(_))
         ));
-        assert!(matches!(e.compile(b"hello"), Err(PolicyError::NotAComponent(_))));
+        assert!(matches!(
+            e.compile(b"hello"),
+            Err(PolicyError::NotAComponent(_))
+        ));
     }
 }

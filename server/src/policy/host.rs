@@ -16,8 +16,8 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use exports::ota::policy::{approval as wit_approval, rate as wit_rate};
-pub(crate) use ota::policy::types as wit_types;
 use ota::policy::host::Level;
+pub(crate) use ota::policy::types as wit_types;
 
 /// Per-call limits on what the policy may write to the server's log.
 #[derive(Debug, Clone, Copy)]

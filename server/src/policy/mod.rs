@@ -75,7 +75,15 @@ impl PolicyError {
 }
 
 /// A module of a device and the version it reported.
-#[derive(Debug, Clone, Default, PartialEq, Eq, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    wasmtime::component::ComponentType,
+    wasmtime::component::Lower,
+)]
 #[component(record)]
 pub struct PolicyModule {
     pub name: String,
@@ -84,7 +92,15 @@ pub struct PolicyModule {
 
 /// A device as a policy sees it, projected by the caller to the policy's
 /// [`Requirements`] (fields it did not ask for are left empty).
-#[derive(Debug, Clone, Default, PartialEq, Eq, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    wasmtime::component::ComponentType,
+    wasmtime::component::Lower,
+)]
 #[component(record)]
 pub struct PolicyDevice {
     pub id: u64,
@@ -107,7 +123,15 @@ pub struct Requirements {
 }
 
 /// A task about to be released, for an approval policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    wasmtime::component::ComponentType,
+    wasmtime::component::Lower,
+)]
 #[component(record)]
 pub struct PolicyTask {
     pub id: u64,
@@ -131,7 +155,16 @@ pub enum Verdict {
 }
 
 /// The rollout's figures at a tick; see `rollout-stats` in the WIT for each field.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    wasmtime::component::ComponentType,
+    wasmtime::component::Lower,
+)]
 #[component(record)]
 pub struct RateStats {
     pub waiting: u64,

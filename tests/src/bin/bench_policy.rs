@@ -46,7 +46,10 @@ fn main() -> Result<()> {
     let scope = engine
         .compile(&wasm("canary-scope")?)
         .map_err(|e| anyhow!("{e}"))?;
-    println!("compile + smoke-run canary-scope: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "compile + smoke-run canary-scope: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let t = Instant::now();
     let mut taken = 0usize;
     for b in 0..DEVICES / BATCH {
@@ -135,7 +138,9 @@ fn main() -> Result<()> {
     }
     let native_us = t.elapsed().as_secs_f64() * 1e6 / TICKS as f64;
     if released != wasm_released {
-        return Err(anyhow!("sandbox released {wasm_released}, native {released}"));
+        return Err(anyhow!(
+            "sandbox released {wasm_released}, native {released}"
+        ));
     }
     println!(
         "rate tick incl. fresh instance: wasm {wasm_us:.2} µs, native {native_us:.3} µs ({TICKS} ticks, {released} released)"

@@ -3,9 +3,9 @@
 
 #[cfg(target_arch = "wasm32")]
 mod raw {
-    use ota_policy_sdk::guest::bindings;
     use bindings::exports::ota::policy::{rate, scope};
-    use bindings::ota::policy::types::{Device, PolicyError, DeviceFields};
+    use bindings::ota::policy::types::{Device, DeviceFields, PolicyError};
+    use ota_policy_sdk::guest::bindings;
 
     pub struct Huge;
 
@@ -23,7 +23,10 @@ mod raw {
                 return Ok(Vec::new());
             }
             for i in 0..100_000 {
-                ota_policy_sdk::log(ota_policy_sdk::Level::Info, &format!("line {i} {}", "x".repeat(1000)));
+                ota_policy_sdk::log(
+                    ota_policy_sdk::Level::Info,
+                    &format!("line {i} {}", "x".repeat(1000)),
+                );
             }
             Ok(vec![true; devices.len() * 2 + 1])
         }
