@@ -415,3 +415,21 @@ fn huge_output_is_refused() {
     ));
     still_serves(&e);
 }
+
+// From async code the engine runs a call on tokio's blocking pool; many at once share the
+// pooled instance slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_run_from_async_code_on_the_blocking_pool() {
+    let e = engine();
+    let p = compile(&e, "canary-scope");
+    let calls = (0..32).map(|i| {
+        let p = p.clone();
+        e.blocking(move |e| {
+            let devices: Vec<PolicyDevice> = (0..100).map(|d| device(i * 100 + d, "eu")).collect();
+            e.scope_select(&p, CANARY, &devices)
+        })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.unwrap().unwrap().len(), 100);
+    }
+}

@@ -208,6 +208,18 @@ impl Engine {
         self.limits
     }
 
+    /// Runs `f` with this engine on tokio's blocking pool: the way to call a policy from an
+    /// async task (see the module's note on why not on an async worker).
+    pub async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> R + Send + 'static,
+    ) -> Result<R, PolicyError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(engine_err)
+    }
+
     /// Checks a component (a component, a supported set of hooks, imports on the
     /// allow-list), compiles it and smoke-runs each hook under the production limits. The
     /// same bytes are compiled once: later calls return the cached policy.

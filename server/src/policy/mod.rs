@@ -4,8 +4,10 @@
 //! `sdk/wit/policy.wit` (`ota:policy@1.0.0`).
 //!
 //! Every call is synchronous CPU work bounded by fuel and a deadline (one second by
-//! default): run it on `tokio::task::spawn_blocking`, or keep it small (a batch of at most
-//! 1,000 devices, one rate tick) when calling from an async task.
+//! default). Run it on `tokio::task::spawn_blocking` (or a plain thread), never directly on
+//! an async worker: besides blocking the worker, the WASI stand-in's stdio (wasmtime-wasi's
+//! sync bindings) enters the current tokio runtime with `block_on`, which panics on a worker
+//! thread if the policy writes to stdout.
 
 mod engine;
 mod host;
