@@ -136,15 +136,16 @@ fn device(d: bindings::ota::policy::types::Device) -> Device {
         online: d.online,
         modules: d
             .modules
+            .unwrap_or_default()
             .into_iter()
             .map(|m| ModuleVersion {
                 name: m.name,
                 version: m.version,
             })
             .collect(),
-        attributes: d.attributes,
-        tags: d.tags,
-        groups: d.groups,
+        attributes: d.attributes.unwrap_or_default(),
+        tags: d.tags.unwrap_or_default(),
+        groups: d.groups.unwrap_or_default(),
     }
 }
 

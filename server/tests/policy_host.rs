@@ -53,7 +53,7 @@ fn device(id: u64, region: &str) -> PolicyDevice {
         name: format!("dev-{id}"),
         product: "p".into(),
         online: true,
-        attributes: vec![("region".into(), region.into())],
+        attributes: Some(vec![("region".into(), region.into())]),
         ..PolicyDevice::default()
     }
 }
@@ -122,7 +122,7 @@ fn maintenance_approval_defers_outside_local_night() {
         device: PolicyDevice {
             id,
             name: format!("d{id}"),
-            attributes: vec![("tz".into(), tz.into())],
+            attributes: Some(vec![("tz".into(), tz.into())]),
             ..PolicyDevice::default()
         },
         rollout_id: 7,

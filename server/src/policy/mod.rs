@@ -93,7 +93,9 @@ pub struct PolicyModule {
 }
 
 /// A device as a policy sees it, projected by the caller to the policy's
-/// [`Requirements`] (fields it did not ask for are left empty).
+/// [`Requirements`]: a field it did not ask for is `None` (which also costs nothing to pass
+/// into the sandbox, where an empty list costs an allocation call); one it asked for is
+/// `Some`, holding only the declared keys the device has.
 #[derive(
     Debug,
     Clone,
@@ -109,10 +111,10 @@ pub struct PolicyDevice {
     pub name: String,
     pub product: String,
     pub online: bool,
-    pub modules: Vec<PolicyModule>,
-    pub attributes: Vec<(String, String)>,
-    pub tags: Vec<(String, String)>,
-    pub groups: Vec<String>,
+    pub modules: Option<Vec<PolicyModule>>,
+    pub attributes: Option<Vec<(String, String)>>,
+    pub tags: Option<Vec<(String, String)>>,
+    pub groups: Option<Vec<String>>,
 }
 
 /// The device fields a hook reads.

@@ -59,7 +59,7 @@ fn main() -> Result<()> {
                 name: format!("device-{i:08}"),
                 product: "a1B2c3D4e5F".into(),
                 online: true,
-                attributes: vec![("region".into(), REGIONS[(i % 4) as usize].into())],
+                attributes: Some(vec![("region".into(), REGIONS[(i % 4) as usize].into())]),
                 ..PolicyDevice::default()
             })
             .collect();
