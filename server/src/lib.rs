@@ -11,5 +11,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod firmware;
 pub mod metrics;
+pub mod policy;
 pub mod scheduler;
 pub mod store;
