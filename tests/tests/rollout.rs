@@ -129,31 +129,13 @@ async fn device(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_rollout_updates_simulated_devices_and_a_dynamic_one_takes_late_ones() {
-    let srv = Server::start(ServerOptions {
-        serve_args: vec!["--clock".into(), "manual".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (srv, api, mqtt) = manual_server().await;
     assert!(srv
         .log
         .lock()
         .unwrap()
         .iter()
         .any(|l| l.contains("RUNNING ON A MANUAL CLOCK")));
-    let key = srv.create_tenant("acme").await.unwrap();
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: srv.base.clone(),
-        key,
-    };
-    let addr = srv.mqtt.clone().unwrap();
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let mqtt = SimBroker {
-        host: host.to_owned(),
-        port: port.parse::<u16>().unwrap(),
-        subscribe: false,
-    };
     let stats = Arc::new(SimStats::default());
 
     // 300 devices: 240 succeed, 20 fail once (-2) and succeed on retry, 15 always fail

@@ -2179,24 +2179,10 @@ async fn insert_tasks(
         task::Column::CreatedAt,
         task::Column::UpdatedAt,
     ];
-    let bad = |e: sea_orm::sea_query::error::Error| {
-        StoreError::Database(sea_orm::DbErr::Custom(e.to_string()))
-    };
     let mut insert = Query::insert();
     insert.into_table(task::Entity).columns(columns);
     if backend == DbBackend::Postgres {
-        // Parameters are not allowed in CREATE TABLE … AS, so create, then fill.
-        txn.execute_unprepared(
-            "CREATE TEMP TABLE rollout_candidate (id BIGINT NOT NULL) ON COMMIT DROP",
-        )
-        .await?;
-        let mut collect = Query::insert();
-        collect
-            .into_table(Alias::new("rollout_candidate"))
-            .columns([Alias::new("id")])
-            .select_from(candidates)
-            .map_err(bad)?;
-        txn.execute(backend.build(&collect)).await?;
+        stage_candidates(txn, backend, candidates).await?;
         let mut select = Query::select();
         select
             .expr(Expr::val(rollout.0))
@@ -2205,7 +2191,7 @@ async fn insert_tasks(
             .expr(Expr::val(now))
             .expr(Expr::val(now))
             .from(Alias::new("rollout_candidate"));
-        insert.select_from(select).map_err(bad)?;
+        insert.select_from(select).map_err(bad_query)?;
         let n = txn.execute(backend.build(&insert)).await?.rows_affected();
         txn.execute_unprepared("DROP TABLE rollout_candidate")
             .await?;
@@ -2219,8 +2205,36 @@ async fn insert_tasks(
         .expr(Expr::val(now))
         .expr(Expr::val(now))
         .from_subquery(candidates, Alias::new("c"));
-    insert.select_from(select).map_err(bad)?;
+    insert.select_from(select).map_err(bad_query)?;
     Ok(txn.execute(backend.build(&insert)).await?.rows_affected())
+}
+
+fn bad_query(e: sea_orm::sea_query::error::Error) -> StoreError {
+    StoreError::Database(sea_orm::DbErr::Custom(e.to_string()))
+}
+
+/// Collects a candidate query's device ids into the temporary table `rollout_candidate`
+/// (dropped by the caller, and on PostgreSQL at commit at the latest). Parameters are not
+/// allowed in PostgreSQL's CREATE TABLE … AS, so it is created, then filled.
+async fn stage_candidates(
+    txn: &DatabaseTransaction,
+    backend: DbBackend,
+    candidates: SelectStatement,
+) -> StoreResult<()> {
+    txn.execute_unprepared(if backend == DbBackend::Postgres {
+        "CREATE TEMP TABLE rollout_candidate (id BIGINT NOT NULL) ON COMMIT DROP"
+    } else {
+        "CREATE TEMP TABLE rollout_candidate (id INTEGER NOT NULL)"
+    })
+    .await?;
+    let mut collect = Query::insert();
+    collect
+        .into_table(Alias::new("rollout_candidate"))
+        .columns([Alias::new("id")])
+        .select_from(candidates)
+        .map_err(bad_query)?;
+    txn.execute(backend.build(&collect)).await?;
+    Ok(())
 }
 
 /// G3: inserts the tasks of a rollout split into waves. Candidates are ranked in a stable
@@ -2237,22 +2251,7 @@ async fn insert_tasks_in_waves(
     candidates: SelectStatement,
     waves: &[Wave],
 ) -> StoreResult<(u64, Vec<Wave>)> {
-    let bad = |e: sea_orm::sea_query::error::Error| {
-        StoreError::Database(sea_orm::DbErr::Custom(e.to_string()))
-    };
-    txn.execute_unprepared(if backend == DbBackend::Postgres {
-        "CREATE TEMP TABLE rollout_candidate (id BIGINT NOT NULL) ON COMMIT DROP"
-    } else {
-        "CREATE TEMP TABLE rollout_candidate (id INTEGER NOT NULL)"
-    })
-    .await?;
-    let mut collect = Query::insert();
-    collect
-        .into_table(Alias::new("rollout_candidate"))
-        .columns([Alias::new("id")])
-        .select_from(candidates)
-        .map_err(bad)?;
-    txn.execute(backend.build(&collect)).await?;
+    stage_candidates(txn, backend, candidates).await?;
     #[derive(FromQueryResult)]
     struct N {
         n: i64,
