@@ -17,9 +17,9 @@ use ota_server::policy::{
     Verdict,
 };
 
-/// Where the built components are: `OTA_POLICY_WASM_DIR`, else `target/policies`.
+/// Where the built components are: `POLICY_WASM_DIR`, else `target/policies`.
 fn wasm_dir() -> PathBuf {
-    std::env::var_os("OTA_POLICY_WASM_DIR")
+    std::env::var_os("POLICY_WASM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies"))
 }

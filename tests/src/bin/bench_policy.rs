@@ -1,7 +1,7 @@
 //! Benchmark of the policy engine: a scope policy's cost per device over 1,000,000 devices
 //! (records built, batches of 1,000, each in a fresh instance) and one rate tick including a
 //! fresh instance, each beside the same policy code run natively. The components come from
-//! `scripts/build-policies` (`OTA_POLICY_WASM_DIR`, default `target/policies`).
+//! `scripts/build-policies` (`POLICY_WASM_DIR`, default `target/policies`).
 
 use anyhow::{anyhow, Context, Result};
 use ota_policy_sdk::{Policy, ScopePolicy};
@@ -17,7 +17,7 @@ const RATE: &str = r#"{"base": 50, "factor": 2.0, "max": 10000, "threshold": 100
 const REGIONS: [&str; 4] = ["eu", "us", "cn", "jp"];
 
 fn wasm(name: &str) -> Result<Vec<u8>> {
-    let dir = std::env::var_os("OTA_POLICY_WASM_DIR")
+    let dir = std::env::var_os("POLICY_WASM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies"));
     let path = dir.join(format!("{name}.wasm"));
