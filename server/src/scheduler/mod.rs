@@ -1,7 +1,8 @@
-//! The rollout engine (SPEC R1–R9, R13, G2; DESIGN §3–§6): on every tick of the [`Clock`] it
-//! begins scheduled rollouts, ends those whose end passed, fires due timers (device timeout,
-//! retry), releases what each running rollout's schedule, rate and concurrency allow and
-//! pushes it through the device gateway; device reports come up over a channel and are
+//! The rollout engine (SPEC R1–R9, R13, G1–G4; DESIGN §3–§6): on every tick of the
+//! [`Clock`] it begins scheduled rollouts, ends those whose end passed, fires due timers
+//! (device timeout, retry) and abort rules, opens the next wave where a gate allows,
+//! releases what each running rollout's schedule, window, wave, rate and concurrency allow
+//! and pushes it through the device gateway; device reports come up over a channel and are
 //! applied in batches. Everything it decides from is in the database (rate state, logical
 //! time, deadlines), so a restart continues exactly where the last tick stopped.
 //!
