@@ -649,11 +649,11 @@ async fn source_version_rules_through_the_api(db: Db) {
     );
 }
 
-// SPEC R11 (override on: earlier not-started tasks cancelled; off: such devices skipped; the
-// group rule is proved by a_groups_dynamic_rollouts_keep_its_override_and_multi_module_settings)
-// and R10
-// (multi-module: only the same module's earlier tasks are replaced); the two cannot both be
-// on.
+// SPEC R10, R11: override on: earlier not-started tasks cancelled; off: such devices
+// skipped (the group rule is proved by
+// a_groups_dynamic_rollouts_keep_its_override_and_multi_module_settings); multi-module: only
+// the same module's earlier not-started tasks are replaced, another module's stay; the two
+// cannot both be on.
 async fn override_and_multi_module_against_existing_tasks(db: Db) {
     let t = TestCtx::new(db).await;
     let app = t.service().await;
@@ -708,6 +708,27 @@ async fn override_and_multi_module_against_existing_tasks(db: Db) {
     assert_eq!(
         task_devices(&app, &t.admin, c, Some("waiting")).await,
         names(&["d0", "d1"])
+    );
+    // multi-module: a later task of the same module replaces the earlier not-started one
+    let m = m.json()["id"].as_i64().unwrap();
+    let mcu2 = package(&app, &t.admin, fx.product, "9.1", Some("mcu")).await;
+    let m2 = create(
+        &app,
+        &t.admin,
+        mcu2,
+        json!({"scope": {"kind": "all"}, "multi_module": true}),
+    )
+    .await;
+    m2.expect(201);
+    assert_eq!(m2.json()["tasks_created"], 2);
+    assert_eq!(
+        task_devices(&app, &t.admin, m, Some("cancelled")).await,
+        names(&["d0", "d1"])
+    );
+    assert_eq!(
+        task_devices(&app, &t.admin, c, Some("waiting")).await,
+        names(&["d0", "d1"]),
+        "the default module's tasks stay"
     );
     let r = create(
         &app,
