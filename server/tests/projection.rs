@@ -70,6 +70,11 @@ async fn the_projection_is_what_the_engine_then_does(db: Db) {
     assert_eq!(names.len(), 100);
     assert_eq!(names[0], "d00000");
     assert_eq!(names[99], "d00099");
+    // when each would be pushed: 50 in the first minute, the 51st in the second
+    let page = p["devices_page"].as_array().unwrap();
+    assert_eq!(page[0]["name"], "d00000");
+    assert_eq!(page[49]["pushed_at"], p["timeline"][0]["at"]);
+    assert_eq!(page[50]["pushed_at"], p["timeline"][1]["at"]);
     assert_eq!(at_minute(&p, 20), 1_000);
     assert_eq!(at_minute(&p, 30), 2_000);
     let r = post(
@@ -81,6 +86,9 @@ async fn the_projection_is_what_the_engine_then_does(db: Db) {
     .await;
     r.expect(200);
     assert_eq!(r.json()["device_names"].as_array().unwrap().len(), 10);
+    let last = &r.json()["devices_page"][9];
+    assert_eq!(last["name"], "d19999");
+    assert_eq!(last["pushed_at"], p["last_push_at"]);
     // bad input names its field; nothing was created by any of it
     for (bad, field) in [
         (

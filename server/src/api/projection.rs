@@ -48,6 +48,13 @@ pub struct TimelinePoint {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct DevicePush {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WaveProjection {
     pub wave: u32,
     pub tasks: u64,
@@ -59,8 +66,10 @@ pub struct ProjectionDto {
     pub devices: u64,
     /// Earlier not-yet-started tasks of those devices it would cancel (override, R10/R11).
     pub replaced: u64,
-    /// A page of their names.
+    /// A page of them, in the order the engine releases them, each with when it would be
+    /// pushed (absent: not within the projection).
     pub device_names: Vec<String>,
+    pub devices_page: Vec<DevicePush>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<WaveProjection>,
     /// When pushing would begin (now, or the scheduled start).
@@ -157,6 +166,20 @@ async fn project_rollout(
             last_bucket = Some(bucket);
         }
     }
+    // the k-th device in release order is pushed when the cumulative count reaches k
+    let devices_page = dry
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let k = b.offset + i as u64 + 1;
+            let at = p.points.partition_point(|(_, pushed)| *pushed < k);
+            DevicePush {
+                name: name.clone(),
+                pushed_at: p.points.get(at).map(|(t, _)| rfc3339(*t)),
+            }
+        })
+        .collect();
     let (stops, waiting_after_wave) = match p.stop {
         Stop::Done => ("done", None),
         Stop::Ended => ("ended", None),
@@ -167,6 +190,7 @@ async fn project_rollout(
         devices: dry.devices,
         replaced: dry.replaced,
         device_names: dry.names,
+        devices_page,
         waves: dry
             .waves
             .iter()
@@ -192,6 +216,12 @@ async fn project_rollout(
 #[derive(OpenApi)]
 #[openapi(
     paths(project_rollout),
-    components(schemas(ProjectRollout, ProjectionDto, TimelinePoint, WaveProjection))
+    components(schemas(
+        ProjectRollout,
+        ProjectionDto,
+        TimelinePoint,
+        WaveProjection,
+        DevicePush
+    ))
 )]
 pub struct Doc;

@@ -71,7 +71,7 @@ pub struct Rollout {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DryRun {
     pub devices: u64,
-    /// A page of their names, by name.
+    /// A page of their names, in the order the engine releases them (task order).
     pub names: Vec<String>,
     /// Its waves with their task counts.
     pub waves: Vec<Wave>,
@@ -539,7 +539,8 @@ impl Store {
 
     /// G7: which devices a rollout would take, made exactly as [`Store::create_rollout`]
     /// makes it, inside a transaction that is then rolled back: the count, the page
-    /// `(offset, limit)` of device names by name, and its waves with their task counts.
+    /// `(offset, limit)` of device names in release order, and its waves with their task
+    /// counts.
     pub async fn project_rollout(
         &self,
         tenant: TenantId,
@@ -897,7 +898,7 @@ impl Store {
             let names = Name::find_by_statement(stmt(
                 backend,
                 "SELECT d.name FROM task t JOIN device d ON d.id = t.device_id \
-                 WHERE t.rollout_id = ? ORDER BY d.name LIMIT ? OFFSET ?",
+                 WHERE t.rollout_id = ? ORDER BY t.id LIMIT ? OFFSET ?",
                 vec![
                     id.0.into(),
                     i64::try_from(limit).unwrap_or(i64::MAX).into(),
