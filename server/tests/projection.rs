@@ -38,7 +38,7 @@ async fn tasks_in_db(e: &EngineCtx) -> i64 {
     .unwrap()
 }
 
-// SPEC G7: before a rollout starts, the server shows how many devices it takes (and which,
+// G7 except its tie to W5 (the policy dry run does not exist yet): before a rollout starts, the server shows how many devices it takes (and which,
 // paged) and when each would be pushed; for the seed's worked example the projected
 // timeline is, minute by minute, what the engine then pushes.
 async fn the_projection_is_what_the_engine_then_does(db: Db) {
@@ -121,7 +121,7 @@ async fn the_projection_is_what_the_engine_then_does(db: Db) {
     }
 }
 
-// SPEC G7 with G3 and G4: the projection takes the maintenance window (no pushes until it
+// G7 (as above) with G3 and G4: the projection takes the maintenance window (no pushes until it
 // opens), a wave's own rate, and stops at a manual gate; concurrency with an assumed
 // install time spaces the pushes.
 async fn the_projection_follows_windows_waves_and_gates(db: Db) {

@@ -286,7 +286,7 @@ async fn manual_server() -> (Server, Api, SimBroker) {
     (srv, api, mqtt)
 }
 
-// SPEC G1 end to end: a firmware that every device fails to flash trips a "failed >= 50 %
+// Part of G1, end to end (the whole line is proved in server/tests/safety.rs): a firmware that every device fails to flash trips a "failed >= 50 %
 // after 15 finished" rule exactly when the fifteenth device reports, over MQTT, and not one
 // more device is pushed after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
