@@ -6,6 +6,7 @@ mod m20261122_000001_foundation;
 mod m20261201_000001_rollouts;
 mod m20261204_000001_scheduler;
 mod m20261204_000002_safety;
+mod m20261205_000001_policies;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_rollouts::Migration),
             Box::new(m20261204_000001_scheduler::Migration),
             Box::new(m20261204_000002_safety::Migration),
+            Box::new(m20261205_000001_policies::Migration),
         ]
     }
 }

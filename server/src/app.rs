@@ -67,7 +67,12 @@ pub async fn build_state(
         config.firmware.url_ttl_secs,
         config.firmware.max_file_bytes,
     )?;
+    let policies = Arc::new(crate::scheduler::Policies::new(
+        store.clone(),
+        config.policy.clone(),
+    ));
     Ok(AppState {
+        policies,
         store,
         clock,
         config: Arc::new(config),
@@ -216,6 +221,7 @@ pub fn start_scheduler(
         state.public_url.clone(),
         state.metrics.clone(),
         state.config.scheduler.clone(),
+        state.policies.clone(),
     ));
     tokio::spawn(scheduler.clone().run_events(events));
     if tick_by_itself {

@@ -27,6 +27,7 @@ pub struct Config {
     pub devices: DevicesConfig,
     pub mqtt: MqttConfig,
     pub scheduler: SchedulerConfig,
+    pub policy: PolicyConfig,
     pub log: LogConfig,
 }
 
@@ -88,6 +89,37 @@ pub struct SchedulerConfig {
     pub max_release_per_tick: u64,
     /// Most device reports applied in one transaction.
     pub event_batch: usize,
+}
+
+/// Limits of tenants' rollout policies (WebAssembly components, SPEC W1–W3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Largest component a tenant may upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Linear memory one policy call may use, in MiB.
+    pub memory_mib: usize,
+    /// Instructions (fuel) one call may run.
+    pub fuel: u64,
+    /// Wall-clock time one call may take, in milliseconds.
+    pub deadline_ms: u64,
+    /// Policy calls that may run at once.
+    pub instances: u32,
+    /// Failed calls in a row after which the rollout pauses.
+    pub max_failures: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 16 << 20,
+            memory_mib: 32,
+            fuel: 1_000_000_000,
+            deadline_ms: 1_000,
+            instances: 64,
+            max_failures: 3,
+        }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -214,6 +246,7 @@ impl Default for Config {
             devices: DevicesConfig::default(),
             mqtt: MqttConfig::default(),
             scheduler: SchedulerConfig::default(),
+            policy: PolicyConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -357,6 +390,25 @@ impl Config {
             return bad(
                 "mqtt.uplink_buffer_bytes must hold at least one packet (mqtt.max_packet_size)",
             );
+        }
+        let p = &self.policy;
+        if !(1024..=256 << 20).contains(&p.max_upload_bytes) {
+            return bad("policy.max_upload_bytes must be from 1024 to 268435456");
+        }
+        if !(1..=4096).contains(&p.memory_mib) {
+            return bad("policy.memory_mib must be from 1 to 4096");
+        }
+        if !(1_000..=100_000_000_000).contains(&p.fuel) {
+            return bad("policy.fuel must be from 1000 to 100000000000");
+        }
+        if !(10..=60_000).contains(&p.deadline_ms) {
+            return bad("policy.deadline_ms must be from 10 to 60000");
+        }
+        if !(1..=1000).contains(&p.instances) {
+            return bad("policy.instances must be from 1 to 1000");
+        }
+        if !(1..=100).contains(&p.max_failures) {
+            return bad("policy.max_failures must be from 1 to 100");
         }
         if !(10..=60_000).contains(&self.scheduler.tick_ms) {
             return bad("scheduler.tick_ms must be from 10 to 60000");
@@ -633,6 +685,18 @@ tick_ms = 1000
 max_release_per_tick = 20000
 # Most device reports applied in one transaction (1 to 100000).
 event_batch = 2000
+
+[policy]
+# Tenants' rollout policies (WebAssembly components). Largest upload, in bytes.
+max_upload_bytes = 16777216
+# Linear memory (MiB), instructions (fuel) and wall-clock time (ms) one policy call may use.
+memory_mib = 32
+fuel = 1000000000
+deadline_ms = 1000
+# Policy calls that may run at once.
+instances = 64
+# Failed calls in a row after which the rollout pauses, with the reason recorded.
+max_failures = 3
 
 [log]
 # tracing filter, e.g. "info" or "ota_server=debug,info".

@@ -932,6 +932,7 @@ async fn a_restarted_engine_continues_exactly(db: Db) {
         b.t.state.public_url.clone(),
         b.t.state.metrics.clone(),
         b.t.state.config.scheduler.clone(),
+        b.t.state.policies.clone(),
     );
     for _ in 9..18 {
         fresh.advance(&b.t.clock, 37_000).await.unwrap();

@@ -31,6 +31,12 @@ pub enum ApiError {
     /// SPEC B5: names that are no devices of the product; nothing was created.
     #[error("{total} device names are unknown")]
     UnknownDevices { names: Vec<String>, total: u64 },
+    /// W1: an uploaded policy component was refused (its word in `code`).
+    #[error("the policy was refused: {0}")]
+    PolicyRejected(String),
+    /// W3: a policy failed where its answer was needed for this call; nothing was made.
+    #[error("{0}")]
+    PolicyFailed(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -94,6 +100,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidRows(_) => "invalid_rows",
             ApiError::UnknownDevices { .. } => "unknown_devices",
+            ApiError::PolicyRejected(_) => "policy_rejected",
+            ApiError::PolicyFailed(_) => "policy_failed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::DownloadDenied(_) => "download_denied",
@@ -162,9 +170,10 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::InvalidRows(_) | ApiError::UnknownDevices { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::InvalidRows(_)
+            | ApiError::UnknownDevices { .. }
+            | ApiError::PolicyRejected(_)
+            | ApiError::PolicyFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -212,6 +221,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Database(db) => ApiError::Internal(db.to_string()),
             StoreError::Spool(e) => ApiError::Internal(format!("spool: {e}")),
+            StoreError::PolicyFailed(m) => ApiError::PolicyFailed(m),
         }
     }
 }
@@ -227,6 +237,17 @@ impl From<FirmwareError> for ApiError {
             FirmwareError::Io(_) | FirmwareError::BadStorageKey(_) | FirmwareError::EmptyKey => {
                 ApiError::Internal(e.to_string())
             }
+        }
+    }
+}
+
+impl From<crate::policy::PolicyError> for ApiError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        use crate::policy::PolicyError as P;
+        match e {
+            // the host's own trouble, not the component's
+            P::Engine(m) => ApiError::Internal(format!("policy engine: {m}")),
+            other => ApiError::PolicyRejected(format!("{}: {other}", other.code())),
         }
     }
 }

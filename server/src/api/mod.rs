@@ -14,6 +14,7 @@ mod health;
 mod keys;
 mod openapi;
 mod packages;
+mod policies;
 mod products;
 mod projection;
 mod rollouts;
@@ -43,6 +44,9 @@ pub struct AppState {
     /// The device gateway, once it runs; the API ends a device's session through it when the
     /// device's credentials stop being valid.
     pub gateway: std::sync::OnceLock<Arc<dyn crate::dispatch::gateway::DeviceGateway>>,
+    /// Tenants' policies (W1–W3): checked on upload, run by rollout creation and the
+    /// engine.
+    pub policies: Arc<crate::scheduler::Policies>,
     /// The rollout engine, once it runs.
     pub scheduler: std::sync::OnceLock<Arc<crate::scheduler::Scheduler>>,
     /// Set only when the server runs on a manual clock (`serve --clock manual`): the clock
@@ -101,6 +105,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(groups::configure)
             .configure(assets::configure)
             .configure(packages::configure)
+            .configure(policies::configure)
             .configure(rollouts::configure)
             .configure(safety::configure)
             .configure(projection::configure)

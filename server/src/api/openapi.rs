@@ -49,6 +49,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::groups::Doc::openapi(),
         super::assets::Doc::openapi(),
         super::packages::Doc::openapi(),
+        super::policies::Doc::openapi(),
         super::rollouts::Doc::openapi(),
         super::safety::Doc::openapi(),
         super::projection::Doc::openapi(),

@@ -131,7 +131,14 @@ async fn project_rollout(
     let mut spec = to_request(b.rollout)?.validate(&facts, now)?;
     let dry = state
         .store
-        .project_rollout(tenant, package, spec.clone(), now, (b.offset, limit))
+        .project_rollout(
+            tenant,
+            package,
+            spec.clone(),
+            Some(state.policies.as_ref()),
+            now,
+            (b.offset, limit),
+        )
         .await?;
     spec.waves = dry.waves.clone();
     let assume = Assume {

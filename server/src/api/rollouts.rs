@@ -172,6 +172,9 @@ pub struct CreateRollout {
     /// task succeeds only on a version report after the device reported progress.
     #[serde(default)]
     pub force_reinstall: bool,
+    /// W2: a tenant's policy version per hook, with its config.
+    #[serde(default)]
+    pub policies: super::policies::PoliciesDto,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -262,6 +265,9 @@ pub struct RolloutDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<super::safety::WindowOut>,
     pub force_reinstall: bool,
+    /// W2: the policy version per hook (a hook left out runs the built-in behaviour).
+    #[serde(skip_serializing_if = "super::policies::PoliciesDto::is_empty")]
+    pub policies: super::policies::PoliciesDto,
 }
 
 fn rollout_dto(
@@ -346,6 +352,7 @@ fn rollout_dto(
         waves: super::safety::waves_out(s.waves, waves),
         window: s.window.map(super::safety::window_out),
         force_reinstall: s.force_reinstall,
+        policies: super::policies::policies_out(&s.policies),
     }
 }
 
@@ -630,6 +637,7 @@ pub(super) fn to_request(b: CreateRollout) -> Result<RolloutRequest, ApiError> {
     r.waves = super::safety::parse_waves(b.waves)?;
     r.window = b.window.map(super::safety::parse_window).transpose()?;
     r.force_reinstall = b.force_reinstall;
+    r.policies = super::policies::parse_policies(b.policies)?;
     Ok(r)
 }
 
@@ -650,6 +658,7 @@ async fn create_rollout(
     let facts = state.store.package_facts(tenant, package).await?;
     let now = state.now();
     let spec = to_request(body.into_inner())?.validate(&facts, now)?;
+    super::policies::check_attachments(&state, tenant, &spec.policies).await?;
     let r = state
         .store
         .create_rollout(
@@ -658,6 +667,7 @@ async fn create_rollout(
             spec,
             &Actor::key(auth.0.key),
             Some(auth.0.key),
+            Some(state.policies.as_ref()),
             now,
         )
         .await?;
@@ -833,6 +843,7 @@ async fn change_rollout(
             RolloutId(*id),
             change,
             &Actor::key(auth.0.key),
+            Some(state.policies.as_ref()),
             state.now(),
         )
         .await?;

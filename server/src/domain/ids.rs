@@ -48,4 +48,6 @@ id_type!(
     RolloutId,
     /// One device's task in one rollout.
     TaskId,
+    /// One uploaded version of a tenant's policy (W1).
+    PolicyId,
 );

@@ -183,6 +183,13 @@ validated!(
            allowed_text: "letters, digits and _ - . +" }
 );
 
+validated!(
+    /// The name of a tenant's policy (W1); its versions are numbered under it.
+    PolicyName,
+    Rule { what: "a policy name", min: 1, max: 64, allowed: ident_char,
+           allowed_text: "letters, digits and _ - ." }
+);
+
 impl ModuleName {
     pub fn default_module() -> Self {
         Self("default".to_owned())

@@ -201,6 +201,8 @@ pub struct RolloutRequest {
     pub window: Option<WindowRequest>,
     /// G6: push even to devices that already report the target version.
     pub force_reinstall: bool,
+    /// W2: a tenant's policy per hook.
+    pub policies: RolloutPolicies,
 }
 
 /// G4, as asked for.
@@ -240,6 +242,7 @@ impl RolloutRequest {
             waves: vec![],
             window: None,
             force_reinstall: false,
+            policies: RolloutPolicies::default(),
         }
     }
 }
@@ -287,6 +290,8 @@ pub struct RolloutSpec {
     pub window: Option<MaintenanceWindow>,
     /// G6: devices already on the target get a task too.
     pub force_reinstall: bool,
+    /// W2: a tenant's policy per hook; the built-in behaviour where none.
+    pub policies: RolloutPolicies,
 }
 
 impl Schedule {
@@ -937,6 +942,9 @@ impl RolloutRequest {
             ));
         }
 
+        // W2
+        r.policies.check(rate.is_some(), r.push_mode, &waves)?;
+
         // Type (R17) by the package's status unless given.
         let rollout_type = r.rollout_type.unwrap_or(match pkg.status {
             PackageStatus::Verified | PackageStatus::NoNeed => RolloutType::Update,
@@ -968,6 +976,7 @@ impl RolloutRequest {
             waves,
             window,
             force_reinstall: r.force_reinstall,
+            policies: r.policies,
         })
     }
 }

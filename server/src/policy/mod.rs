@@ -149,13 +149,48 @@ pub struct PolicyTask {
     pub attempt: u32,
 }
 
-/// An approval policy's answer for one task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Approve,
-    /// Ask again no sooner than this many seconds later (at least 1).
-    Defer(u32),
-    Reject(String),
+/// An approval policy's answer for one task (the domain's type: it crosses no wire).
+pub use crate::domain::Verdict;
+
+impl From<crate::domain::DeviceRecord> for PolicyDevice {
+    fn from(d: crate::domain::DeviceRecord) -> Self {
+        let module = |(name, version)| PolicyModule { name, version };
+        Self {
+            id: u64::try_from(d.id.0).unwrap_or(0),
+            name: d.name,
+            product: d.product,
+            online: d.online,
+            modules: d.modules.map(|m| m.into_iter().map(module).collect()),
+            attributes: d.attributes,
+            tags: d.tags,
+            groups: d.groups,
+        }
+    }
+}
+
+impl PolicyTask {
+    /// The approval hook's view of a task of rollout `rollout` to `to_version`.
+    pub fn of(t: crate::domain::ApprovalTask, rollout: i64, to_version: &str) -> Self {
+        Self {
+            id: u64::try_from(t.task.0).unwrap_or(0),
+            device: t.device.into(),
+            rollout_id: u64::try_from(rollout).unwrap_or(0),
+            from_version: t.from_version,
+            to_version: to_version.to_owned(),
+            attempt: t.attempt,
+        }
+    }
+}
+
+impl From<Requirements> for crate::domain::DeviceFields {
+    fn from(r: Requirements) -> Self {
+        Self {
+            attribute_keys: r.attribute_keys,
+            tag_keys: r.tag_keys,
+            module_names: r.module_names,
+            groups: r.groups,
+        }
+    }
 }
 
 /// The rollout's figures at a tick; see `rollout-stats` in the WIT for each field.

@@ -17,7 +17,11 @@ use crate::dispatch::{alink, enos};
 use crate::domain::*;
 use crate::firmware::Firmware;
 use crate::metrics::Metrics;
-use crate::store::{ActiveRollout, PushTarget, Store, StoreError, TaskReport};
+use crate::policy::{RateAction, RateStats};
+use crate::store::{ActiveRollout, Pick, PushTarget, Rollout, Store, StoreError, TaskReport};
+
+pub mod policies;
+pub use policies::Policies;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +59,7 @@ pub struct Scheduler {
     public_url: String,
     metrics: Arc<Metrics>,
     cfg: SchedulerConfig,
+    policies: Arc<Policies>,
     /// One tick at a time: ticks read and then write each rollout's rate state.
     ticking: tokio::sync::Mutex<()>,
     push_ids: AtomicU64,
@@ -72,6 +77,7 @@ impl Scheduler {
         public_url: String,
         metrics: Arc<Metrics>,
         cfg: SchedulerConfig,
+        policies: Arc<Policies>,
     ) -> Self {
         let seed = u64::try_from(clock.now_millis()).unwrap_or(0) % 1_000_000_000;
         Self {
@@ -82,6 +88,7 @@ impl Scheduler {
             public_url,
             metrics,
             cfg,
+            policies,
             ticking: tokio::sync::Mutex::new(()),
             push_ids: AtomicU64::new(seed),
             quiet: std::sync::Mutex::new(Vec::new()),
@@ -214,19 +221,30 @@ impl Scheduler {
         let available = if room == 0 {
             0
         } else {
-            self.store.waiting_tasks(r.id, wave, room).await?
+            self.store.waiting_tasks(r.id, wave, room, now).await?
         };
-        // a wave with a rate of its own counts its own successes (G3)
-        let succeeded = if r.spec.wave(wave).is_some_and(|w| w.rate.is_some()) {
-            a.wave_succeeded
-        } else {
-            a.succeeded_total
-        };
-        let n = match (&mut rate, r.spec.rate_in(wave)) {
-            (Some(state), Some(spec)) => {
-                state.release(&spec, window, available, succeeded, self.tick_ms())
+        let n = if let Some(att) = &r.spec.policies.rate {
+            // W2: the tenant's rate policy decides; it is asked only while pushing is allowed
+            match self
+                .rate_policy(a, att, available, window, since, now)
+                .await?
+            {
+                Some(n) => n.min(available),
+                None => return Ok((0, 0)),
             }
-            _ => available,
+        } else {
+            // a wave with a rate of its own counts its own successes (G3)
+            let succeeded = if r.spec.wave(wave).is_some_and(|w| w.rate.is_some()) {
+                a.wave_succeeded
+            } else {
+                a.succeeded_total
+            };
+            match (&mut rate, r.spec.rate_in(wave)) {
+                (Some(state), Some(spec)) => {
+                    state.release(&spec, window, available, succeeded, self.tick_ms())
+                }
+                _ => available,
+            }
         };
         // Connected by the gateway's word (the registry's flag is written in batches, so it
         // can lag a device that just connected), or by the registry's; a gateway that cannot
@@ -240,18 +258,171 @@ impl Scheduler {
                     device: t.device_name.clone(),
                 }) == Some(true)
         };
-        let (released, targets) = self
-            .store
-            .release_tasks(r.tenant_id, r.id, wave, n, online, now)
-            .await?;
-        if released < n {
-            if let Some(state) = &mut rate {
-                state.refund(n - released);
+        let (released, targets) = match &r.spec.policies.approval {
+            None => {
+                self.store
+                    .release_tasks(r.tenant_id, r.id, wave, Pick::First(n), online, now)
+                    .await?
             }
+            Some(att) => match self.approved(r, att, wave, n, now).await? {
+                Some(ids) => {
+                    self.store
+                        .release_tasks(r.tenant_id, r.id, wave, Pick::Ids(&ids), online, now)
+                        .await?
+                }
+                None => (0, vec![]),
+            },
+        };
+        if r.spec.policies.rate.is_some() {
+            self.store
+                .save_policy_state(r.id, None, released, now)
+                .await?;
+        } else {
+            if released < n {
+                if let Some(state) = &mut rate {
+                    state.refund(n - released);
+                }
+            }
+            self.store.save_rate(r.id, rate.as_ref(), now).await?;
         }
-        self.store.save_rate(r.id, rate.as_ref(), now).await?;
         let pushed = self.push_all(targets, now).await;
         Ok((released, pushed))
+    }
+
+    /// W2 rate: one tick of the rollout's rate policy. Returns how many it releases, or
+    /// `None` when it releases nothing this tick: it paused or aborted the rollout, or it
+    /// failed (W3: counted, and the rollout pauses after too many in a row).
+    async fn rate_policy(
+        &self,
+        a: &ActiveRollout,
+        att: &PolicyAttachment,
+        releasable: u64,
+        window: Millis,
+        since: Millis,
+        now: Millis,
+    ) -> Result<Option<u64>, SchedulerError> {
+        let r = &a.rollout;
+        let counts = self.store.task_counts(r.tenant_id, r.id).await?;
+        let o = r.outcomes;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        let stats = RateStats {
+            waiting: counts.get(TaskState::Waiting) + counts.get(TaskState::Confirming),
+            releasable,
+            pending: counts.get(TaskState::Pending),
+            pushed: counts.get(TaskState::Pushed),
+            in_progress: counts.get(TaskState::InProgress),
+            succeeded: o.succeeded,
+            failed: o.failed + o.timed_out,
+            timed_out: o.timed_out,
+            rejected: o.rejected,
+            cancelled: counts.get(TaskState::Cancelled),
+            released_total: a.released_total,
+            now_ms: u(now),
+            elapsed_ms: u(now - r.started_at.unwrap_or(now)),
+            window_ms: u(window),
+            tick_ms: u32::try_from(now - since).unwrap_or(u32::MAX),
+        };
+        let decision = self
+            .policies
+            .rate_tick(r.tenant_id, att, stats, a.policy_state.clone())
+            .await;
+        let d = match decision {
+            Ok(d) => d,
+            Err(why) => {
+                tracing::warn!(rollout = %r.id, %why, "a rate policy failed; nothing released");
+                self.store.save_policy_state(r.id, None, 0, now).await?;
+                self.policy_failed(r, Hook::Rate, &why, now).await?;
+                return Ok(None);
+            }
+        };
+        if a.policy_failures > 0 {
+            self.store.policy_recovered(r.id).await?;
+        }
+        self.store
+            .save_policy_state(r.id, Some(d.state), 0, now)
+            .await?;
+        Ok(match d.action {
+            RateAction::Release(n) => Some(n),
+            RateAction::Pause(reason) => {
+                self.store.stop_by_policy(r, false, &reason, now).await?;
+                None
+            }
+            RateAction::Abort(reason) => {
+                self.store.stop_by_policy(r, true, &reason, now).await?;
+                None
+            }
+        })
+    }
+
+    /// W2 approval: asks the rollout's approval policy about the next `n` releasable tasks;
+    /// applies its deferrals and rejections and returns the approved task ids, or `None`
+    /// when it failed (W3: every task stays waiting, as if deferred).
+    async fn approved(
+        &self,
+        r: &Rollout,
+        att: &PolicyAttachment,
+        wave: u32,
+        n: u64,
+        now: Millis,
+    ) -> Result<Option<Vec<i64>>, SchedulerError> {
+        if n == 0 {
+            return Ok(Some(vec![]));
+        }
+        let asked = async {
+            let fields = self.policies.approval_fields(r.tenant_id, att).await?;
+            let tasks = self
+                .store
+                .approval_candidates(r, wave, n, &fields, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ids: Vec<i64> = tasks.iter().map(|t| t.task.0).collect();
+            let tasks = tasks
+                .into_iter()
+                .map(|t| crate::policy::PolicyTask::of(t, r.id.0, r.target_version.as_str()))
+                .collect();
+            let verdicts = self.policies.approve(r.tenant_id, att, now, tasks).await?;
+            Ok::<_, String>((ids, verdicts))
+        }
+        .await;
+        let (ids, verdicts) = match asked {
+            Ok(v) => v,
+            Err(why) => {
+                tracing::warn!(rollout = %r.id, %why, "an approval policy failed; nothing released");
+                self.policy_failed(r, Hook::Approval, &why, now).await?;
+                return Ok(None);
+            }
+        };
+        self.store.policy_recovered(r.id).await?;
+        let mut approved = Vec::new();
+        let mut deferred = Vec::new();
+        let mut rejected = Vec::new();
+        for (id, v) in ids.into_iter().zip(verdicts) {
+            match v {
+                Verdict::Approve => approved.push(id),
+                Verdict::Defer(s) => deferred.push((TaskId(id), now + i64::from(s) * 1000)),
+                Verdict::Reject(why) => rejected.push((TaskId(id), why)),
+            }
+        }
+        self.store
+            .apply_verdicts(r, &deferred, &rejected, now)
+            .await?;
+        Ok(Some(approved))
+    }
+
+    /// W3: records a policy's failure against its rollout (pausing it after too many in a
+    /// row); the engine goes on with every other rollout.
+    async fn policy_failed(
+        &self,
+        r: &Rollout,
+        hook: Hook,
+        why: &str,
+        now: Millis,
+    ) -> Result<(), SchedulerError> {
+        let max = self.policies.config().max_failures;
+        if self.store.policy_failed(r, hook, why, max, now).await? {
+            tracing::warn!(rollout = %r.id, %why, "a rollout paused: its policy failed {max} times in a row");
+        }
+        Ok(())
     }
 
     /// The push of one rollout's package, with a download URL signed now.
@@ -407,7 +578,9 @@ impl Scheduler {
             self.store.fire_abort_rules(now).await?;
         }
         // B1: devices whose reported version now matches a dynamic rollout join it
-        self.store.join_dynamic_rollouts(&informed, now).await?;
+        self.store
+            .join_dynamic_rollouts(&informed, Some(self.policies.as_ref()), now)
+            .await?;
         let quiet = self.quiet.lock().map(|q| q.clone()).unwrap_or_default();
         if !connected.is_empty() {
             let owed = self

@@ -29,6 +29,12 @@ pub struct ActiveRollout {
     /// The logical time accounted for so far (`None`: not yet ticked).
     pub ticked_at: Option<Millis>,
     pub paused_at: Option<Millis>,
+    /// W2: what the rate policy's last tick returned (empty before its first).
+    pub policy_state: Vec<u8>,
+    /// Tasks released so far (by the rate policy, or the built-in rate).
+    pub released_total: u64,
+    /// W3: failed policy calls in a row.
+    pub policy_failures: u32,
 }
 
 /// A task to push now, with what encoding the push needs.
@@ -41,6 +47,15 @@ pub struct PushTarget {
     pub product_key: String,
     pub protocol: String,
     pub online: bool,
+}
+
+/// Which waiting tasks a release takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'a> {
+    /// The first `n` in release (task id) order.
+    First(u64),
+    /// These (an approval policy approved them); any no longer waiting are skipped.
+    Ids(&'a [i64]),
 }
 
 /// A device's report, as the task state machine reads it.
@@ -222,6 +237,9 @@ fn to_active(m: rollout::Model) -> ActiveRollout {
     let wave_succeeded = u64::try_from(m.wave_succeeded).unwrap_or(0);
     let ticked_at = m.ticked_at;
     let paused_at = m.paused_at;
+    let policy_state = m.rate_policy_state.clone().unwrap_or_default();
+    let released_total = u64::try_from(m.released_total).unwrap_or(0);
+    let policy_failures = u32::try_from(m.policy_failures).unwrap_or(0);
     let saved = saved_rate(&m);
     let rollout = to_rollout(m);
     let rate = rollout
@@ -235,6 +253,9 @@ fn to_active(m: rollout::Model) -> ActiveRollout {
         wave_succeeded,
         ticked_at,
         paused_at,
+        policy_state,
+        released_total,
+        policy_failures,
     }
 }
 
@@ -346,7 +367,13 @@ impl Store {
 
     /// How many tasks wait for release, counted up to `cap` (an index range, never more);
     /// with waves (G3), only those of waves up to `wave`.
-    pub async fn waiting_tasks(&self, id: RolloutId, wave: u32, cap: u64) -> StoreResult<u64> {
+    pub async fn waiting_tasks(
+        &self,
+        id: RolloutId,
+        wave: u32,
+        cap: u64,
+        now: Millis,
+    ) -> StoreResult<u64> {
         #[derive(FromQueryResult)]
         struct N {
             n: i64,
@@ -354,10 +381,12 @@ impl Store {
         let backend = self.db().get_database_backend();
         let n = N::find_by_statement(stmt(
             backend,
-            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM task WHERE rollout_id = ? AND state = 'waiting' AND wave <= ? LIMIT ?) w",
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM task WHERE rollout_id = ? AND state = 'waiting' AND wave <= ? \
+             AND (not_before IS NULL OR not_before <= ?) LIMIT ?) w",
             vec![
                 id.0.into(),
                 i64::from(wave).into(),
+                now.into(),
                 i64::try_from(cap).unwrap_or(i64::MAX).into(),
             ],
         ))
@@ -376,11 +405,11 @@ impl Store {
         tenant: TenantId,
         id: RolloutId,
         wave: u32,
-        n: u64,
+        pick: Pick<'_>,
         online: impl Fn(&PushTarget) -> bool,
         now: Millis,
     ) -> StoreResult<(u64, Vec<PushTarget>)> {
-        if n == 0 {
+        if matches!(pick, Pick::First(0)) || matches!(pick, Pick::Ids(ids) if ids.is_empty()) {
             return Ok((0, vec![]));
         }
         let txn = self.begin_write().await?;
@@ -390,6 +419,23 @@ impl Store {
         } else {
             ""
         };
+        let mut vals: Vec<Value> = vec![
+            id.0.into(),
+            i64::from(wave).into(),
+            tenant.0.into(),
+            now.into(),
+        ];
+        let which = match pick {
+            Pick::First(n) => {
+                vals.push(i64::try_from(n).unwrap_or(i64::MAX).into());
+                "ORDER BY t.id LIMIT ?".to_owned()
+            }
+            Pick::Ids(ids) => {
+                let (ph, v) = ids_in(ids);
+                vals.extend(v);
+                format!("AND t.id IN ({ph}) ORDER BY t.id")
+            }
+        };
         let picked = PushTarget::find_by_statement(stmt(
             backend,
             &format!(
@@ -397,14 +443,9 @@ impl Store {
                  p.product_key, p.protocol, d.online FROM task t \
                  JOIN device d ON d.id = t.device_id JOIN product p ON p.id = d.product_id \
                  WHERE t.rollout_id = ? AND t.state = 'waiting' AND t.wave <= ? AND d.tenant_id = ? \
-                 ORDER BY t.id LIMIT ?{lock}"
+                 AND (t.not_before IS NULL OR t.not_before <= ?) {which}{lock}"
             ),
-            vec![
-                id.0.into(),
-                i64::from(wave).into(),
-                tenant.0.into(),
-                i64::try_from(n).unwrap_or(i64::MAX).into(),
-            ],
+            vals,
         ))
         .all(&txn)
         .await?;
@@ -1101,6 +1142,8 @@ impl Store {
         rollout::Entity::update_many()
             .col_expr(rollout::Column::PausedAt, Expr::value(Option::<i64>::None))
             .col_expr(rollout::Column::TickedAt, Expr::value(now))
+            // W3: a resumed rollout gives its policies a fresh run of tries
+            .col_expr(rollout::Column::PolicyFailures, Expr::value(0))
             .filter(rollout::Column::Id.eq(id.0))
             .exec(&txn)
             .await?;

@@ -9,6 +9,7 @@ mod groups;
 mod labels;
 mod packages;
 mod paging;
+mod policies;
 mod products;
 mod rollouts;
 mod safety;
@@ -21,6 +22,7 @@ pub use engine::*;
 pub use labels::LabelSet;
 pub use packages::*;
 pub use paging::*;
+pub use policies::{ScopeHook, SCOPE_BATCH};
 pub use products::*;
 pub use rollouts::*;
 pub use safety::WaveCounts;
@@ -54,6 +56,10 @@ pub enum StoreError {
     /// Reading a spooled upload back failed (disk trouble, not the caller's input).
     #[error("reading the spooled upload: {0}")]
     Spool(std::io::Error),
+    /// W3: a tenant's policy failed where its answer was needed now (creating a rollout),
+    /// so nothing was made on its behalf.
+    #[error("{0}")]
+    PolicyFailed(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

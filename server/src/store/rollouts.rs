@@ -14,7 +14,8 @@ use super::entity::{
 };
 use super::search::lock_tenant;
 use super::{
-    is_unique_violation, Page, PageRequest, Store, StoreError, StoreResult, MAX_BIND_PARAMS,
+    is_unique_violation, Page, PageRequest, ScopeHook, Store, StoreError, StoreResult,
+    MAX_BIND_PARAMS,
 };
 use crate::clock::Millis;
 use crate::domain::*;
@@ -285,6 +286,7 @@ pub(crate) fn to_rollout(m: rollout::Model) -> Rollout {
     };
     let source_versions: Vec<String> = serde_json::from_str(&m.source_versions).unwrap_or_default();
     let tags: Vec<(String, String)> = serde_json::from_str(&m.tags).unwrap_or_default();
+    let policies = super::policies::policies_of(&m);
     let spec = RolloutSpec {
         name: m.name,
         description: m.description,
@@ -328,6 +330,7 @@ pub(crate) fn to_rollout(m: rollout::Model) -> Rollout {
         waves: super::safety::waves_from(&m.waves),
         window: super::safety::window_from(m.maintenance_window.as_deref()),
         force_reinstall: m.force_reinstall,
+        policies,
     };
     Rollout {
         id: RolloutId(m.id),
@@ -524,10 +527,11 @@ impl Store {
         spec: RolloutSpec,
         actor: &Actor,
         created_by: Option<ApiKeyId>,
+        scope: Option<&dyn ScopeHook>,
         now: Millis,
     ) -> StoreResult<Rollout> {
         match self
-            .make_rollout(tenant, package, spec, actor, created_by, now, None)
+            .make_rollout(tenant, package, spec, actor, created_by, scope, now, None)
             .await?
         {
             Made::Created(r) => Ok(*r),
@@ -546,6 +550,7 @@ impl Store {
         tenant: TenantId,
         package: PackageId,
         spec: RolloutSpec,
+        scope: Option<&dyn ScopeHook>,
         now: Millis,
         page: (u64, u64),
     ) -> StoreResult<DryRun> {
@@ -554,7 +559,7 @@ impl Store {
             who: None,
         };
         match self
-            .make_rollout(tenant, package, spec, &actor, None, now, Some(page))
+            .make_rollout(tenant, package, spec, &actor, None, scope, now, Some(page))
             .await?
         {
             Made::Projected(d) => Ok(d),
@@ -572,6 +577,7 @@ impl Store {
         spec: RolloutSpec,
         actor: &Actor,
         created_by: Option<ApiKeyId>,
+        scope: Option<&dyn ScopeHook>,
         now: Millis,
         dry: Option<(u64, u64)>,
     ) -> StoreResult<Made> {
@@ -757,6 +763,10 @@ impl Store {
             current_wave: Set(i32::from(!spec.waves.is_empty())),
             maintenance_window: Set(spec.window.as_ref().map(super::safety::window_json)),
             force_reinstall: Set(spec.force_reinstall),
+            scope_policy_id: Set(spec.policies.scope.as_ref().map(|a| a.policy.0)),
+            approval_policy_id: Set(spec.policies.approval.as_ref().map(|a| a.policy.0)),
+            rate_policy_id: Set(spec.policies.rate.as_ref().map(|a| a.policy.0)),
+            policy_config: Set(super::policies::policy_config_json(&spec.policies)),
             ..Default::default()
         }
         .insert(&txn)
@@ -811,6 +821,10 @@ impl Store {
                     .order_by((device::Entity, device::Column::Id), Order::Asc)
                     .limit(take);
             }
+            // W2: a scope policy narrows the candidates
+            let (candidates, staged) =
+                super::policies::scoped_candidates(&txn, tenant, &spec.policies, scope, candidates)
+                    .await?;
             if spec.waves.is_empty() {
                 created = insert_tasks(&txn, backend, id, initial, now, candidates).await?;
             } else {
@@ -827,6 +841,7 @@ impl Store {
                     .exec(&txn)
                     .await?;
             }
+            super::policies::drop_scope_candidates(&txn, staged).await?;
         }
 
         // R10 / R11: earlier not-yet-started tasks of the same devices are replaced.
@@ -992,6 +1007,7 @@ impl Store {
     pub async fn join_dynamic_rollouts(
         &self,
         devices: &[DeviceId],
+        scope: Option<&dyn ScopeHook>,
         now: Millis,
     ) -> StoreResult<u64> {
         if devices.is_empty() {
@@ -1004,6 +1020,7 @@ impl Store {
             .all(self.db())
             .await?;
         let mut total = 0;
+        let mut recovered = Vec::new();
         for m in open {
             let r = to_rollout(m);
             if r.spec.schedule.ended(now) {
@@ -1041,6 +1058,32 @@ impl Store {
             }
             if joined.is_empty() {
                 continue;
+            }
+            // W2: a scope policy decides who of them joins; failing, none does (W3)
+            if let Some(policy) = &r.spec.policies.scope {
+                let kept = match scope {
+                    Some(h) => {
+                        super::policies::select_devices(&txn, r.tenant_id, policy, h, &joined)
+                            .await?
+                    }
+                    None => Err("the scope policy could not be run here".to_owned()),
+                };
+                match kept {
+                    Ok(k) => {
+                        joined = k;
+                        recovered.push(r.id);
+                    }
+                    Err(why) => {
+                        txn.rollback().await?;
+                        let max = scope.map_or(1, |h| h.max_failures());
+                        self.policy_failed(&r, Hook::Scope, &why, max, now).await?;
+                        continue;
+                    }
+                }
+                if joined.is_empty() {
+                    txn.rollback().await?;
+                    continue;
+                }
             }
             let initial = if r.spec.app_confirm {
                 TaskState::Confirming
@@ -1113,6 +1156,10 @@ impl Store {
             txn.commit().await?;
             total += n;
         }
+        // after the writes: a separate write inside one would wait on its own lock (SQLite)
+        for id in recovered {
+            self.policy_recovered(id).await?;
+        }
         Ok(total)
     }
 
@@ -1127,6 +1174,7 @@ impl Store {
         id: RolloutId,
         change: RolloutChange,
         actor: &Actor,
+        scope: Option<&dyn ScopeHook>,
         now: Millis,
     ) -> StoreResult<Rollout> {
         let r = self.get_rollout(tenant, id).await?;
@@ -1253,7 +1301,16 @@ impl Store {
                     } else {
                         TaskState::Waiting
                     };
+                    let (candidates, staged) = super::policies::scoped_candidates(
+                        &txn,
+                        tenant,
+                        &r.spec.policies,
+                        scope,
+                        candidates,
+                    )
+                    .await?;
                     joined = insert_tasks(&txn, backend, id, initial, now, candidates).await?;
+                    super::policies::drop_scope_candidates(&txn, staged).await?;
                     txn.execute(stmt(
                         backend,
                         "UPDATE rollout SET task_count = task_count + ? WHERE id = ?",

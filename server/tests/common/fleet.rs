@@ -50,7 +50,23 @@ where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    let key = e.t.admin.as_str();
+    fleet_of_key(e, app, e.t.admin.as_str(), name, n, online, verified).await
+}
+
+/// As [`fleet_named`], made with `key` (in that key's tenant).
+pub async fn fleet_of_key<S, B>(
+    e: &EngineCtx,
+    app: &S,
+    key: &str,
+    name: &str,
+    n: usize,
+    online: bool,
+    verified: bool,
+) -> Fleet
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
     let r = post(
         app,
         key,

@@ -14,6 +14,7 @@ pub mod device_tag;
 pub mod group_member;
 pub mod package;
 pub mod package_file;
+pub mod policy;
 pub mod product;
 pub mod rollout;
 pub mod rollout_event;

@@ -67,6 +67,12 @@ pub struct Model {
     pub wave_succeeded: i64,
     pub maintenance_window: Option<String>,
     pub force_reinstall: bool,
+    pub scope_policy_id: Option<i64>,
+    pub approval_policy_id: Option<i64>,
+    pub rate_policy_id: Option<i64>,
+    pub policy_config: String,
+    pub rate_policy_state: Option<Vec<u8>>,
+    pub policy_failures: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -23,6 +23,7 @@ pub struct Model {
     pub pushed_at: Option<i64>,
     pub timeout_minutes: Option<i32>,
     pub wave: i16,
+    pub not_before: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
