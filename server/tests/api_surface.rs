@@ -142,11 +142,33 @@ where
     )
     .await;
     ids.insert("key", k["id"].as_i64().unwrap());
+    let p = call_raw(
+        app,
+        Some(key),
+        "POST",
+        &format!("/v1/policies?name={MARK}-policy"),
+        "application/wasm",
+        policy_component(),
+    )
+    .await;
+    p.expect(201);
+    ids.insert("policy", p.json()["id"].as_i64().unwrap());
     Fixture {
         ids,
         device_secret: d["secret"].as_str().unwrap().to_owned(),
         download_path,
     }
+}
+
+/// A real policy component (built by `scripts/build-policies`).
+fn policy_component() -> Vec<u8> {
+    let dir = std::env::var_os("POLICY_WASM_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies")
+        });
+    std::fs::read(dir.join("canary-scope.wasm"))
+        .expect("build the policy components first: scripts/build-policies")
 }
 
 /// The kind of id a path parameter takes, from the segment before it.
@@ -167,6 +189,7 @@ fn path_param_kind(path: &str, param: &str) -> &'static str {
         ("packages", "id") => "package",
         ("keys", "id") => "key",
         ("rollouts", "id") => "rollout",
+        ("policies", "id") => "policy",
         _ => panic!("{path}: teach this test which kind of id {{{param}}} is"),
     }
 }
@@ -225,6 +248,7 @@ fn body_for(op: &str, fx: &Fixture) -> (&'static str, Vec<u8>) {
         "POST /v1/packages/{id}/tasks/cancel" => j(json!({"device_ids": [device]})),
         "POST /v1/tasks/confirm" => j(json!({"task_ids": [fx.ids["task"]]})),
         "POST /v1/products/{id}/device-lists" => ("text/csv", b"deviceName\nwalk\n".to_vec()),
+        "POST /v1/policies" => ("application/wasm", policy_component()),
         _ => panic!("{op} takes a body: give this test one it would accept"),
     }
 }
@@ -374,6 +398,7 @@ async fn every_keyed_route_refuses_another_tenants_ids(db: Db) {
     let pkg = get(format!("/v1/packages/{}", id("package"))).await;
     assert_eq!(pkg["files"][0]["id"], id("file"));
     get(format!("/v1/asset-trees/{}", id("tree"))).await;
+    get(format!("/v1/policies/{}", id("policy"))).await;
     let keys = get("/v1/keys".into()).await;
     let key = keys["items"]
         .as_array()

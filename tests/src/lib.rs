@@ -2,6 +2,7 @@
 //! directory (SQLite) or a fresh PostgreSQL database, and talks to it over HTTP(S).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod api;
 pub mod sim;
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -6,126 +6,11 @@
 //! `POST /v1/clock/advance`; every wait is on the rollout's own counts, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use e2e::sim::{start_device, Behaviour, SimBroker, SimDevice, SimStats};
-use e2e::*;
+use e2e::api::*;
+use e2e::sim::{Behaviour, SimDevice, SimStats};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    key: String,
-}
-
-impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-    async fn post(&self, path: &str, body: Value) -> Value {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-    async fn get(&self, path: &str) -> Value {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-    async fn advance(&self, seconds: u64) {
-        self.post("/v1/clock/advance", json!({ "seconds": seconds }))
-            .await;
-    }
-    async fn counts(&self, rollout: i64) -> Value {
-        self.get(&format!("/v1/rollouts/{rollout}")).await["counts"].clone()
-    }
-    /// Waits (real time, with a deadline) until `done` holds for the rollout's counts.
-    async fn wait_counts(&self, rollout: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.counts(rollout).await;
-            if done(&c) {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "waited in vain for {what}: {c}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn n(c: &Value, state: &str) -> u64 {
-    c[state].as_u64().unwrap_or(0)
-}
-
-/// A product `pk` with devices `names` (secret = "s-" + name) and a package `version` with a
-/// file, marked no_need; returns (product id, package id).
-async fn product(api: &Api, pk: &str, names: &[String], version: &str) -> (i64, i64) {
-    let p = api
-        .post(
-            "/v1/products",
-            json!({"name": pk, "protocol": "alink", "product_key": pk}),
-        )
-        .await;
-    let product = p["id"].as_i64().unwrap();
-    let mut csv = String::from("name,secret\n");
-    for d in names {
-        csv.push_str(&format!("{d},{}\n", secret(d)));
-    }
-    let r = api
-        .http
-        .post(format!("{}/v1/products/{product}/devices/import", api.base))
-        .bearer_auth(&api.key)
-        .header("Content-Type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let pkg = api
-        .post(
-            &format!("/v1/products/{product}/packages"),
-            json!({"version": version, "sign_method": "md5"}),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let r = api
-        .http
-        .put(format!("{}/v1/packages/{pkg}/files/fw.bin", api.base))
-        .bearer_auth(&api.key)
-        .body(vec![1u8; 4096])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    api.call(
-        reqwest::Method::PATCH,
-        &format!("/v1/packages/{pkg}"),
-        Some(json!({"status": "no_need"})),
-    )
-    .await;
-    (product, pkg)
-}
-
-async fn device(
-    mqtt: &SimBroker,
-    pk: &str,
-    name: &str,
-    version: &str,
-    b: Behaviour,
-    stats: &Arc<SimStats>,
-) -> SimDevice {
-    start_device(mqtt, (pk, name, &secret(name)), version, b, stats.clone())
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_rollout_updates_simulated_devices_and_a_dynamic_one_takes_late_ones() {
@@ -262,30 +147,6 @@ async fn a_static_rollout_updates_simulated_devices_and_a_dynamic_one_takes_late
     drop(n0);
 }
 
-/// The real binary, a fresh tenant on it, and a broker address for simulated devices.
-async fn manual_server() -> (Server, Api, SimBroker) {
-    let srv = Server::start(ServerOptions {
-        serve_args: vec!["--clock".into(), "manual".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let key = srv.create_tenant("acme").await.unwrap();
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: srv.base.clone(),
-        key,
-    };
-    let addr = srv.mqtt.clone().unwrap();
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let mqtt = SimBroker {
-        host: host.to_owned(),
-        port: port.parse::<u16>().unwrap(),
-        subscribe: false,
-    };
-    (srv, api, mqtt)
-}
-
 // Part of G1, end to end (the whole line is proved in server/tests/safety.rs): a firmware that every device fails to flash trips a "failed >= 50 %
 // after 15 finished" rule exactly when the fifteenth device reports, over MQTT, and not one
 // more device is pushed after it.
@@ -366,8 +227,4 @@ async fn a_failing_firmware_trips_an_abort_rule_and_pushes_stop() {
         "{events}"
     );
     drop(fleet);
-}
-
-fn secret(name: &str) -> String {
-    format!("secret-of-{name}-0123456789")
 }

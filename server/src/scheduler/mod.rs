@@ -27,6 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// Approval calls per rollout and tick at most: a policy that defers nearly everything
+/// cannot make one tick walk the whole rollout.
+const APPROVAL_ROUNDS: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
     #[error("database: {0}")]
@@ -354,9 +358,11 @@ impl Scheduler {
         })
     }
 
-    /// W2 approval: asks the rollout's approval policy about the next `n` releasable tasks;
-    /// applies its deferrals and rejections and returns the approved task ids, or `None`
-    /// when it failed (W3: every task stays waiting, as if deferred).
+    /// W2 approval: asks the rollout's approval policy about the releasable tasks in
+    /// release order until `n` are approved (a deferred or rejected task does not use up
+    /// the tick's allowance; at most [`APPROVAL_ROUNDS`] calls a tick); applies its
+    /// deferrals and rejections and returns the approved task ids, or `None` when it failed
+    /// (W3: every task stays waiting, as if deferred).
     async fn approved(
         &self,
         r: &Rollout,
@@ -365,47 +371,64 @@ impl Scheduler {
         n: u64,
         now: Millis,
     ) -> Result<Option<Vec<i64>>, SchedulerError> {
-        if n == 0 {
-            return Ok(Some(vec![]));
-        }
-        let asked = async {
-            let fields = self.policies.approval_fields(r.tenant_id, att).await?;
-            let tasks = self
-                .store
-                .approval_candidates(r, wave, n, &fields, now)
-                .await
-                .map_err(|e| e.to_string())?;
-            let ids: Vec<i64> = tasks.iter().map(|t| t.task.0).collect();
-            let tasks = tasks
-                .into_iter()
-                .map(|t| crate::policy::PolicyTask::of(t, r.id.0, r.target_version.as_str()))
-                .collect();
-            let verdicts = self.policies.approve(r.tenant_id, att, now, tasks).await?;
-            Ok::<_, String>((ids, verdicts))
-        }
-        .await;
-        let (ids, verdicts) = match asked {
-            Ok(v) => v,
-            Err(why) => {
-                tracing::warn!(rollout = %r.id, %why, "an approval policy failed; nothing released");
-                self.policy_failed(r, Hook::Approval, &why, now).await?;
-                return Ok(None);
-            }
-        };
-        self.store.policy_recovered(r.id).await?;
         let mut approved = Vec::new();
-        let mut deferred = Vec::new();
-        let mut rejected = Vec::new();
-        for (id, v) in ids.into_iter().zip(verdicts) {
-            match v {
-                Verdict::Approve => approved.push(id),
-                Verdict::Defer(s) => deferred.push((TaskId(id), now + i64::from(s) * 1000)),
-                Verdict::Reject(why) => rejected.push((TaskId(id), why)),
+        let mut after = 0;
+        let mut fields = None;
+        for _ in 0..APPROVAL_ROUNDS {
+            let want = n.saturating_sub(approved.len() as u64);
+            if want == 0 {
+                break;
             }
+            let asked = async {
+                let f = match &fields {
+                    Some(f) => f,
+                    None => fields.insert(self.policies.approval_fields(r.tenant_id, att).await?),
+                };
+                let tasks = self
+                    .store
+                    .approval_candidates(r, wave, want, after, f, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ids: Vec<i64> = tasks.iter().map(|t| t.task.0).collect();
+                if ids.is_empty() {
+                    return Ok((ids, vec![]));
+                }
+                let tasks = tasks
+                    .into_iter()
+                    .map(|t| crate::policy::PolicyTask::of(t, r.id.0, r.target_version.as_str()))
+                    .collect();
+                let verdicts = self.policies.approve(r.tenant_id, att, now, tasks).await?;
+                Ok::<_, String>((ids, verdicts))
+            }
+            .await;
+            let (ids, verdicts) = match asked {
+                Ok(v) => v,
+                Err(why) => {
+                    tracing::warn!(rollout = %r.id, %why, "an approval policy failed; nothing released");
+                    self.policy_failed(r, Hook::Approval, &why, now).await?;
+                    return Ok(None);
+                }
+            };
+            let Some(last) = ids.last().copied() else {
+                break;
+            };
+            after = last;
+            let mut deferred = Vec::new();
+            let mut rejected = Vec::new();
+            for (id, v) in ids.into_iter().zip(verdicts) {
+                match v {
+                    Verdict::Approve => approved.push(id),
+                    Verdict::Defer(s) => deferred.push((TaskId(id), now + i64::from(s) * 1000)),
+                    Verdict::Reject(why) => rejected.push((TaskId(id), why)),
+                }
+            }
+            self.store
+                .apply_verdicts(r, &deferred, &rejected, now)
+                .await?;
         }
-        self.store
-            .apply_verdicts(r, &deferred, &rejected, now)
-            .await?;
+        if fields.is_some() {
+            self.store.policy_recovered(r.id).await?;
+        }
         Ok(Some(approved))
     }
 

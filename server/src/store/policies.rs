@@ -450,13 +450,14 @@ impl Store {
         Ok(info)
     }
 
-    /// W2 approval: the next up-to-`n` waiting tasks of a rollout not deferred past `now`,
-    /// in release order, as the approval policy sees them.
+    /// W2 approval: the next up-to-`n` waiting tasks of a rollout after task `after`, not
+    /// deferred past `now`, in release order, as the approval policy sees them.
     pub async fn approval_candidates(
         &self,
         r: &Rollout,
         wave: u32,
         n: u64,
+        after: i64,
         fields: &DeviceFields,
         now: Millis,
     ) -> StoreResult<Vec<ApprovalTask>> {
@@ -475,12 +476,13 @@ impl Store {
             backend,
             "SELECT t.id, t.device_id, t.retries, m.version FROM task t \
              LEFT JOIN device_module m ON m.device_id = t.device_id AND m.module = ? \
-             WHERE t.rollout_id = ? AND t.state = 'waiting' AND t.wave <= ? \
+             WHERE t.rollout_id = ? AND t.state = 'waiting' AND t.wave <= ? AND t.id > ? \
              AND (t.not_before IS NULL OR t.not_before <= ?) ORDER BY t.id LIMIT ?",
             vec![
                 r.module.as_str().into(),
                 r.id.0.into(),
                 i64::from(wave).into(),
+                after.into(),
                 now.into(),
                 i64::try_from(n).unwrap_or(i64::MAX).into(),
             ],
