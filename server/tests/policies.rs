@@ -1,7 +1,8 @@
 //! Tenants' rollout policies through the HTTP API, on SQLite and PostgreSQL, with the real
 //! components of `policies/` (built by `scripts/build-policies`): upload, versions and
 //! tenant isolation (W1); each hook changing what a rollout does, in simulated time (W2);
-//! failing and hostile policies contained to their own rollout (W3).
+//! failing and hostile policies contained to their own rollout (W3); a dry run that asks
+//! them in simulated time and pushes nothing, checked against the engine (W5).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,6 +17,7 @@ db_tests!(
     policies_are_uploaded_as_versions_and_kept_per_tenant,
     each_hook_changes_what_a_rollout_does,
     failing_policies_pause_only_their_own_rollout,
+    a_dry_run_asks_the_policies_and_pushes_nothing,
 );
 
 /// Where the built components are: `POLICY_WASM_DIR`, else `target/policies`.
@@ -635,4 +637,136 @@ async fn failing_policies_pause_only_their_own_rollout(db: Db) {
     )
     .await;
     assert!(versions.text().contains("1.0.0"), "{}", versions.text());
+}
+
+/// When each task of a rollout was pushed, by device index.
+async fn pushed_at(e: &EngineCtx, rollout: i64) -> std::collections::BTreeMap<usize, i64> {
+    use sea_orm::ConnectionTrait;
+    let db = e.t.store.raw_connection();
+    let rows = db
+        .query_all(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT d.name, t.pushed_at FROM task t JOIN device d ON d.id = t.device_id \
+                 WHERE t.rollout_id = {rollout} AND t.pushed_at IS NOT NULL"
+            ),
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let n: String = r.try_get("", "name").unwrap();
+            (n[1..].parse().unwrap(), r.try_get("", "pushed_at").unwrap())
+        })
+        .collect()
+}
+
+// SPEC W5
+async fn a_dry_run_asks_the_policies_and_pushes_nothing(db: Db) {
+    // ten-second ticks: the engine's pushes land inside the projection's minutes, and two
+    // simulated hours pass in a few hundred ticks
+    let e = EngineCtx::with_config(db, |c| c.scheduler.tick_ms = 10_000).await;
+    let app = e.t.service().await;
+    let key = e.t.admin.as_str();
+    let f = fleet(&e, &app, 40, true, true).await;
+    // every fourth device is in the eu; of those, half are in their night now (-08:00 at
+    // 11:06:40 UTC) and half not (+12:00, whose night starts at 13:00 UTC)
+    for (i, d) in f.devices.iter().enumerate() {
+        let tz = if i % 8 == 0 { "-08:00" } else { "+12:00" };
+        let region = if i % 4 == 0 { "eu" } else { "us" };
+        call(
+            &app,
+            Some(key),
+            "PATCH",
+            &format!("/v1/devices/{d}/attributes"),
+            Some(json!({"region": region, "tz": tz})),
+        )
+        .await
+        .expect(200);
+    }
+    let canary = uploaded(&app, key, "canary", "canary-scope").await;
+    let night = uploaded(&app, key, "night", "maintenance-approval").await;
+    let ramp = uploaded(&app, key, "ramp", "variable-rate").await;
+    let body = json!({"scope": {"kind": "all"}, "policies": {
+        "scope": {"id": canary, "config": {"attribute": "region", "percent": {"eu": 100}, "default": 0}},
+        "approval": {"id": night, "config": {"attribute": "tz", "start_hour": 1, "end_hour": 5}},
+        "rate": {"id": ramp, "config": {"base": 10, "factor": 2.0, "max": 100, "threshold": 50, "count_on": "pushed"}}}});
+    let r = post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/rollouts/projection", f.package),
+        json!({"rollout": body, "limit": 100}),
+    )
+    .await;
+    r.expect(200);
+    let p = r.json();
+    // the scope policy's devices, in release order
+    assert_eq!(p["devices"], 10, "{p}");
+    let eu: Vec<String> = (0..40).step_by(4).map(|i| format!("d{i:05}")).collect();
+    assert_eq!(p["device_names"], json!(eu));
+    // the approval policy's night ones in the first minute; the others when their night
+    // begins (13:00 UTC is 6,800 s after the start: in the projection's 114th minute)
+    let start = T0;
+    let projected: std::collections::BTreeMap<usize, i64> = p["devices_page"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let i: usize = d["name"].as_str().unwrap()[1..].parse().unwrap();
+            let at = chrono::DateTime::parse_from_rfc3339(d["pushed_at"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis();
+            (i, at)
+        })
+        .collect();
+    for (i, at) in &projected {
+        let minute = if i % 8 == 0 { 1 } else { 114 };
+        assert_eq!(*at, start + minute * 60_000, "d{i:05}: {p}");
+    }
+    assert_eq!(p["pushed"], 10);
+    assert_eq!(p["stops"], "done");
+    assert_eq!(p["rejected"], 0);
+    // nothing was created, nothing pushed
+    let all = call(&app, Some(key), "GET", "/v1/rollouts", None).await;
+    assert_eq!(all.json()["items"], json!([]));
+
+    // the engine, given the same rollout, pushes each device inside its projected minute
+    let id = create(&app, key, f.package, body).await;
+    advance(&app, key, 6_840).await;
+    let engine = pushed_at(&e, id).await;
+    assert_eq!(
+        engine.keys().collect::<Vec<_>>(),
+        projected.keys().collect::<Vec<_>>()
+    );
+    for (i, at) in &engine {
+        let want = projected[i];
+        assert!(
+            *at <= want && *at > want - 60_000,
+            "d{i:05}: pushed at {at}, projected {want}"
+        );
+    }
+
+    // a rate policy that fails: the dry run stops where the engine would pause, and says why
+    let huge = uploaded(&app, key, "huge", "huge-output").await;
+    let r = post(
+        &app,
+        key,
+        &format!("/v1/packages/{}/rollouts/projection", f.package),
+        json!({"rollout": {"scope": {"kind": "all"}, "policies": {"rate": {"id": huge}}}}),
+    )
+    .await;
+    r.expect(200);
+    let p = r.json();
+    assert_eq!(p["stops"], "paused", "{p}");
+    assert_eq!(p["pushed"], 0);
+    // (the clock has moved on by the engine's 6,840 s)
+    assert_eq!(
+        p["stopped_at"],
+        ota_server::clock::rfc3339(T0 + 6_840_000 + 3 * 60_000)
+    );
+    let why = p["stop_reason"].as_str().unwrap();
+    assert!(
+        why.contains("failed 3 times in a row") && why.contains("rate policy huge v1: bad_output"),
+        "{why}"
+    );
 }

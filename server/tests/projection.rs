@@ -38,7 +38,7 @@ async fn tasks_in_db(e: &EngineCtx) -> i64 {
     .unwrap()
 }
 
-// G7 except its tie to W5 (the policy dry run does not exist yet): before a rollout starts, the server shows how many devices it takes (and which,
+// G7 under a rate (the whole line, with windows and waves, is the next test): before a rollout starts, the server shows how many devices it takes (and which,
 // paged) and when each would be pushed; for the seed's worked example the projected
 // timeline is, minute by minute, what the engine then pushes.
 async fn the_projection_is_what_the_engine_then_does(db: Db) {
@@ -121,9 +121,10 @@ async fn the_projection_is_what_the_engine_then_does(db: Db) {
     }
 }
 
-// G7 (as above) with G3 and G4: the projection takes the maintenance window (no pushes until it
-// opens), a wave's own rate, and stops at a manual gate; concurrency with an assumed
-// install time spaces the pushes.
+// SPEC G7: how many devices a rollout takes and when each would be pushed under its rate,
+// maintenance window (no pushes until it opens) and waves (a wave's own rate; it stops at a
+// manual gate); concurrency with an assumed install time spaces the pushes. It is the
+// projection engine the W5 dry run runs with a rollout's policies (tests/policies.rs).
 async fn the_projection_follows_windows_waves_and_gates(db: Db) {
     let e = EngineCtx::new(db).await;
     let app = e.t.service().await;
@@ -162,6 +163,14 @@ async fn the_projection_follows_windows_waves_and_gates(db: Db) {
     assert_eq!(p["last_push_at"], "2026-11-19T13:00:40.000Z");
     assert_eq!(p["stops"], "manual_gate");
     assert_eq!(p["waiting_after_wave"], 2);
+    // each device, in release order: wave 1's hundred in the first window's first two steps
+    assert_eq!(p["devices"], 1_000);
+    let page = p["devices_page"].as_array().unwrap();
+    assert_eq!(page.len(), 100);
+    assert_eq!(page[0]["pushed_at"], "2026-11-18T13:00:40.000Z");
+    assert_eq!(page[65]["pushed_at"], "2026-11-18T13:00:40.000Z");
+    assert_eq!(page[66]["pushed_at"], "2026-11-18T13:01:40.000Z");
+    assert_eq!(page[99]["pushed_at"], "2026-11-18T13:01:40.000Z");
 
     let r = post(
         &app,

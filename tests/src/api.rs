@@ -182,6 +182,22 @@ impl Api {
         }
     }
 
+    /// Sets the attributes of each named device to what `attrs` gives for its index.
+    pub async fn set_attributes(&self, names: &[String], attrs: impl Fn(usize) -> Value) {
+        let devices = self.get("/v1/devices?limit=1000").await;
+        for d in devices["items"].as_array().unwrap() {
+            let name = d["name"].as_str().unwrap();
+            if let Some(i) = names.iter().position(|n| n == name) {
+                self.call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/devices/{}/attributes", d["id"]),
+                    Some(attrs(i)),
+                )
+                .await;
+            }
+        }
+    }
+
     /// Uploads a built policy component (`target/policies/<component>.wasm`) as `name`;
     /// returns the stored version.
     pub async fn upload_policy(&self, name: &str, component: &str) -> Value {

@@ -7,7 +7,7 @@
 
 use e2e::api::*;
 use e2e::sim::{Behaviour, SimStats};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -21,22 +21,6 @@ fn offset_for(local: i64, utc: i64) -> String {
         o -= 24;
     }
     format!("{}{:02}:00", if o < 0 { '-' } else { '+' }, o.abs())
-}
-
-/// Sets one attribute of each named device.
-async fn set_attributes(api: &Api, names: &[String], attrs: impl Fn(usize) -> Value) {
-    let devices = api.get("/v1/devices?limit=1000").await;
-    for d in devices["items"].as_array().unwrap() {
-        let name = d["name"].as_str().unwrap();
-        if let Some(i) = names.iter().position(|n| n == name) {
-            api.call(
-                reqwest::Method::PATCH,
-                &format!("/v1/devices/{}/attributes", d["id"]),
-                Some(attrs(i)),
-            )
-            .await;
-        }
-    }
 }
 
 // Each hook changes what a real rollout does, over MQTT: the scope policy takes half the
@@ -58,7 +42,7 @@ async fn every_policy_hook_steers_a_real_rollout_over_mqtt() {
     let now_ms = api.get("/v1/clock").await["now_ms"].as_i64().unwrap();
     let utc_hour = (now_ms / 3_600_000) % 24;
     let (night, day) = (offset_for(3, utc_hour), offset_for(15, utc_hour));
-    set_attributes(&api, &names, |i| {
+    api.set_attributes(&names, |i| {
         json!({"region": if i % 2 == 0 { "eu" } else { "us" },
                "tz": if i % 4 == 0 { &night } else { &day }})
     })

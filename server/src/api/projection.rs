@@ -1,13 +1,15 @@
-//! Campaign projection over HTTP (SPEC G7): for a rollout as it would be created, which
-//! devices it takes (paged) and when they would be pushed under its schedule, window, waves,
-//! rate and concurrency. Nothing is created and nothing is pushed.
+//! Campaign projection and policy dry run over HTTP (SPEC G7, W5): for a rollout as it would
+//! be created, which devices it takes (paged; a scope policy asked exactly as creation asks
+//! it) and when they would be pushed under its schedule, window, waves, rate and concurrency,
+//! the tenant's rate and approval policies asked in simulated time. Nothing is created and
+//! nothing is pushed.
 
 use super::auth::Auth;
 use super::extract::Json;
 use super::rollouts::{to_request, CreateRollout};
 use super::{ApiError, ApiResult, AppState};
 use crate::clock::rfc3339;
-use crate::domain::projection::{project, Assume, Stop, STEP};
+use crate::domain::projection::{project_with, Assume, BuiltIn, Hooks, Stop, STEP};
 use crate::domain::{limits, role::Action, PackageId};
 use actix_web::{post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,9 @@ pub struct DevicePush {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pushed_at: Option<String>,
+    /// W5: why the approval policy rejected its task (it is never pushed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -81,8 +86,16 @@ pub struct ProjectionDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_push_at: Option<String>,
     /// `done` (every device pushed), `ended` (the end time came first), `manual_gate` (a
-    /// wave waits to be advanced by hand) or `horizon` (37 days passed).
+    /// wave waits to be advanced by hand), `horizon` (37 days passed), or with a rate
+    /// policy `paused` / `aborted` (by the policy, or after its failures).
     pub stops: String,
+    /// With `paused` or `aborted`: when, and the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// W5: tasks the approval policy would reject.
+    pub rejected: u64,
     /// With `manual_gate`: the wave that waits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_after_wave: Option<u32>,
@@ -144,10 +157,31 @@ async fn project_rollout(
     let assume = Assume {
         install: b.install_minutes * 60_000,
     };
-    // pure arithmetic over at most 37 days of minutes: off the request threads
+    // W5: the rate and approval policies, asked in simulated time
+    let mut hooks: Box<dyn Hooks + Send> =
+        if spec.policies.rate.is_some() || spec.policies.approval.is_some() {
+            let pkg = state.store.get_package(tenant, package).await?;
+            Box::new(
+                state
+                    .policies
+                    .dry_run(
+                        tenant,
+                        &spec.policies,
+                        pkg.module,
+                        pkg.version.into_string(),
+                        dry.release_order.clone(),
+                    )
+                    .await
+                    .map_err(ApiError::PolicyFailed)?,
+            )
+        } else {
+            Box::new(BuiltIn)
+        };
+    // at most 37 days of minutes, with policy calls: off the request threads
     let devices = dry.devices;
     let spec_for = spec.clone();
-    let p = web::block(move || project(&spec_for, devices, now, assume))
+    let page = b.offset..b.offset + dry.names.len() as u64;
+    let p = web::block(move || project_with(&spec_for, devices, now, assume, hooks.as_mut(), page))
         .await
         .map_err(|e| ApiError::Internal(format!("the projection did not finish: {e}")))?;
     let start = spec.schedule.start_at.map_or(now, |s| s.max(now));
@@ -173,25 +207,29 @@ async fn project_rollout(
             last_bucket = Some(bucket);
         }
     }
-    // the k-th device in release order is pushed when the cumulative count reaches k
     let devices_page = dry
         .names
         .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let k = b.offset + i as u64 + 1;
-            let at = p.points.partition_point(|(_, pushed)| *pushed < k);
-            DevicePush {
-                name: name.clone(),
-                pushed_at: p.points.get(at).map(|(t, _)| rfc3339(*t)),
-            }
+        .zip(&p.page)
+        .map(|(name, at)| DevicePush {
+            name: name.clone(),
+            pushed_at: match at {
+                Some(Ok(t)) => Some(rfc3339(*t)),
+                _ => None,
+            },
+            rejected: match at {
+                Some(Err(why)) => Some(why.clone()),
+                _ => None,
+            },
         })
         .collect();
-    let (stops, waiting_after_wave) = match p.stop {
-        Stop::Done => ("done", None),
-        Stop::Ended => ("ended", None),
-        Stop::ManualGate { wave } => ("manual_gate", Some(wave)),
-        Stop::Horizon => ("horizon", None),
+    let (stops, waiting_after_wave, stopped) = match &p.stop {
+        Stop::Done => ("done", None, None),
+        Stop::Ended => ("ended", None, None),
+        Stop::ManualGate { wave } => ("manual_gate", Some(*wave), None),
+        Stop::Horizon => ("horizon", None, None),
+        Stop::Paused { at, reason } => ("paused", None, Some((*at, reason.clone()))),
+        Stop::Aborted { at, reason } => ("aborted", None, Some((*at, reason.clone()))),
     };
     Ok(HttpResponse::Ok().json(ProjectionDto {
         devices: dry.devices,
@@ -212,6 +250,9 @@ async fn project_rollout(
         pushed: p.pushed,
         last_push_at: p.last_push_at.map(rfc3339),
         stops: stops.into(),
+        stopped_at: stopped.as_ref().map(|(at, _)| rfc3339(*at)),
+        stop_reason: stopped.map(|(_, r)| r),
+        rejected: p.rejected,
         waiting_after_wave,
         assumes: format!(
             "every device is online and succeeds, holding a concurrency slot for {} minutes after its push; waves advance as soon as their gates allow",

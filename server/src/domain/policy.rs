@@ -88,13 +88,11 @@ impl RolloutPolicies {
                 ));
             }
         }
-        if self.rate.is_some() {
-            if rate || waves.iter().any(|w| w.rate.is_some()) {
-                return Err(Invalid::new(
-                    "policies.rate",
-                    "a rate policy decides the push rate; leave out the built-in rate (and the waves' rates)",
-                ));
-            }
+        if self.rate.is_some() && (rate || waves.iter().any(|w| w.rate.is_some())) {
+            return Err(Invalid::new(
+                "policies.rate",
+                "a rate policy decides the push rate; leave out the built-in rate (and the waves' rates)",
+            ));
         }
         for hook in [Hook::Rate, Hook::Approval] {
             if self.get(hook).is_some() && push_mode == PushMode::Pull {

@@ -266,3 +266,156 @@ impl ScopeHook for Policies {
         self.cfg.max_failures
     }
 }
+
+/// W5: a rollout's rate and approval policies as a projection asks them, in simulated time
+/// and without pushing anything. Its calls are synchronous (the sandbox's, and the device
+/// records read through `handle`): use it on a blocking thread, never an async worker.
+pub struct DryRunHooks {
+    engine: Engine,
+    store: Store,
+    handle: tokio::runtime::Handle,
+    tenant: TenantId,
+    module: ModuleName,
+    target: String,
+    rate: Option<(Loaded, Vec<u8>, Vec<u8>)>,
+    approval: Option<(Loaded, Vec<u8>, DeviceFields)>,
+    /// Devices by release position.
+    release_order: Vec<DeviceId>,
+    max_failures: u32,
+}
+
+impl Policies {
+    /// The hooks a dry run of a rollout with `policies` asks; `release_order` is its devices
+    /// in release order (needed with an approval policy).
+    pub async fn dry_run(
+        &self,
+        tenant: TenantId,
+        policies: &RolloutPolicies,
+        module: ModuleName,
+        target: String,
+        release_order: Vec<DeviceId>,
+    ) -> Result<DryRunHooks, String> {
+        let engine = self.engine().map_err(|e| e.to_string())?;
+        let rate = match &policies.rate {
+            Some(a) => Some((
+                self.load_for_run(tenant, a.policy).await?,
+                a.config.clone().into_bytes(),
+                Vec::new(),
+            )),
+            None => None,
+        };
+        let approval = match &policies.approval {
+            Some(a) => Some((
+                self.load_for_run(tenant, a.policy).await?,
+                a.config.clone().into_bytes(),
+                self.approval_fields(tenant, a).await?,
+            )),
+            None => None,
+        };
+        Ok(DryRunHooks {
+            engine,
+            store: self.store.clone(),
+            handle: tokio::runtime::Handle::current(),
+            tenant,
+            module,
+            target,
+            rate,
+            approval,
+            release_order,
+            max_failures: self.cfg.max_failures,
+        })
+    }
+}
+
+impl crate::domain::projection::Hooks for DryRunHooks {
+    fn rate(
+        &mut self,
+        i: &crate::domain::projection::RateInput,
+    ) -> Option<Result<crate::domain::projection::RateStep, String>> {
+        use crate::domain::projection::RateStep;
+        let (l, config, state) = self.rate.as_mut()?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        let stats = RateStats {
+            waiting: i.waiting,
+            releasable: i.releasable,
+            pushed: i.pushed,
+            succeeded: i.succeeded,
+            rejected: i.rejected,
+            released_total: i.released_total,
+            now_ms: u(i.now),
+            elapsed_ms: u(i.elapsed),
+            window_ms: u(i.window),
+            tick_ms: u32::try_from(i.step).unwrap_or(u32::MAX),
+            ..RateStats::default()
+        };
+        Some(
+            match self.engine.rate_tick(&l.compiled, config, &stats, state) {
+                Ok(d) => {
+                    *state = d.state;
+                    Ok(match d.action {
+                        crate::policy::RateAction::Release(n) => RateStep::Release(n),
+                        crate::policy::RateAction::Pause(r) => RateStep::Pause(r),
+                        crate::policy::RateAction::Abort(r) => RateStep::Abort(r),
+                    })
+                }
+                Err(e) => Err(Policies::failed(l, Hook::Rate, &e)),
+            },
+        )
+    }
+
+    fn approve(
+        &mut self,
+        at: crate::clock::Millis,
+        positions: &[u64],
+    ) -> Option<Result<Vec<Verdict>, String>> {
+        let (l, config, fields) = self.approval.as_ref()?;
+        let ids: Vec<DeviceId> = positions
+            .iter()
+            .filter_map(|p| self.release_order.get(*p as usize).copied())
+            .collect();
+        let records = match self.handle.block_on(self.store.approval_records(
+            self.tenant,
+            &self.module,
+            &ids,
+            fields,
+        )) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(format!("device records could not be read: {e}"))),
+        };
+        let mut by_id: HashMap<i64, (DeviceRecord, String)> =
+            records.into_iter().map(|(d, v)| (d.id.0, (d, v))).collect();
+        let tasks: Vec<PolicyTask> = positions
+            .iter()
+            .zip(&ids)
+            .filter_map(|(p, id)| {
+                let (device, from_version) = by_id.remove(&id.0)?;
+                Some(PolicyTask::of(
+                    ApprovalTask {
+                        task: TaskId(i64::try_from(*p).unwrap_or(i64::MAX)),
+                        device,
+                        from_version,
+                        attempt: 0,
+                    },
+                    0,
+                    &self.target,
+                ))
+            })
+            .collect();
+        if tasks.len() != positions.len() {
+            return Some(Err("a device of the dry run is gone".into()));
+        }
+        let now = u64::try_from(at).unwrap_or(0);
+        let mut out = Vec::with_capacity(tasks.len());
+        for chunk in tasks.chunks(self.engine.limits().max_batch) {
+            match self.engine.approve(&l.compiled, config, now, chunk) {
+                Ok(v) => out.extend(v),
+                Err(e) => return Some(Err(Policies::failed(l, Hook::Approval, &e))),
+            }
+        }
+        Some(Ok(out))
+    }
+
+    fn max_failures(&self) -> u32 {
+        self.max_failures
+    }
+}

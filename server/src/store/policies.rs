@@ -509,6 +509,38 @@ impl Store {
             .collect())
     }
 
+    /// W5: the approval policy's view of devices that have no task yet (a dry run): their
+    /// records and the version each reported for `module` (empty when unknown).
+    pub async fn approval_records(
+        &self,
+        tenant: TenantId,
+        module: &ModuleName,
+        ids: &[DeviceId],
+        fields: &DeviceFields,
+    ) -> StoreResult<Vec<(DeviceRecord, String)>> {
+        let raw: Vec<i64> = ids.iter().map(|d| d.0).collect();
+        let records = device_records(self.db(), tenant, &raw, fields).await?;
+        let asked = DeviceFields {
+            module_names: vec![module.as_str().to_owned()],
+            ..Default::default()
+        };
+        let versions: HashMap<i64, String> = device_records(self.db(), tenant, &raw, &asked)
+            .await?
+            .into_iter()
+            .filter_map(|d| {
+                let v = d.modules?.into_iter().next()?.1;
+                Some((d.id.0, v))
+            })
+            .collect();
+        Ok(records
+            .into_iter()
+            .map(|d| {
+                let v = versions.get(&d.id.0).cloned().unwrap_or_default();
+                (d, v)
+            })
+            .collect())
+    }
+
     /// W2 approval: deferred tasks wait until their time; rejected ones end `rejected` with
     /// the policy's reason (a guarded move from `waiting`, audited as the policy's).
     pub async fn apply_verdicts(

@@ -78,6 +78,9 @@ pub struct DryRun {
     pub waves: Vec<Wave>,
     /// Earlier not-yet-started tasks it would replace (R10, R11).
     pub replaced: u64,
+    /// W5: every device in release order, when an approval policy will be asked about
+    /// them (empty otherwise).
+    pub release_order: Vec<DeviceId>,
 }
 
 enum Made {
@@ -520,6 +523,7 @@ impl Store {
 
     /// Creates a rollout and its tasks in one transaction (SPEC B1–B10, P2, R10, R11, R13,
     /// R17): all of it commits, or none.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_rollout(
         &self,
         tenant: TenantId,
@@ -930,6 +934,25 @@ impl Store {
                 .await?
                 .map(|m| super::safety::waves_from(&m.waves))
                 .unwrap_or_default();
+            let release_order = match spec.policies.approval {
+                None => vec![],
+                Some(_) => {
+                    #[derive(FromQueryResult)]
+                    struct D {
+                        device_id: i64,
+                    }
+                    D::find_by_statement(stmt(
+                        backend,
+                        "SELECT device_id FROM task WHERE rollout_id = ? ORDER BY id",
+                        vec![id.0.into()],
+                    ))
+                    .all(&txn)
+                    .await?
+                    .into_iter()
+                    .map(|d| DeviceId(d.device_id))
+                    .collect()
+                }
+            };
             // dropped, not committed: nothing of it stays
             txn.rollback().await?;
             return Ok(Made::Projected(DryRun {
@@ -937,6 +960,7 @@ impl Store {
                 names,
                 waves,
                 replaced,
+                release_order,
             }));
         }
         txn.commit().await?;
