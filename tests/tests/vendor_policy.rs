@@ -11,7 +11,7 @@
 
 use e2e::api::{product, Api};
 use e2e::{Server, ServerOptions};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
