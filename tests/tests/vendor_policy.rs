@@ -54,12 +54,19 @@ fn board(i: usize) -> Option<&'static str> {
     }
 }
 
-// A vendor writes, builds, uploads and attaches a scope policy with the README's own
-// commands, in a crate outside the workspace, and the rollout takes exactly the devices the
-// policy selects.
+// SPEC W4: a vendor writes a policy as ordinary Rust against the SDK and builds it with the
+// one documented command (the README's block, run as written, in a crate outside the
+// workspace), and the rollout takes exactly the devices it selects; and `policies/`'s
+// variable rate, written with the same SDK, releases tick for tick what the built-in rate
+// releases with the same settings, on the real server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_vendor_policy_commands_build_upload_and_attach_a_policy() {
-    let srv = Server::start(ServerOptions::default()).await.unwrap();
+    let srv = Server::start(ServerOptions {
+        serve_args: vec!["--clock".into(), "manual".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let key = srv.create_tenant("acme").await.unwrap();
     let api = Api {
         http: reqwest::Client::new(),
@@ -159,4 +166,46 @@ async fn the_readme_vendor_policy_commands_build_upload_and_attach_a_policy() {
         .collect();
     names.sort();
     assert_eq!(names, expected, "{tasks}");
+
+    // the seed's variable rate as a policy of policies/, beside the built-in one: two
+    // rollouts of 400 devices each (offline, so what is released waits as `pending`)
+    let ramp = api.upload_policy("ramp", "variable-rate").await;
+    let settings =
+        json!({"base": 20, "factor": 1.5, "max": 300, "threshold": 40, "count_on": "pushed"});
+    let fleet = |p: &str| (0..400).map(|i| format!("{p}{i:03}")).collect::<Vec<_>>();
+    let (_, by_policy_pkg) = product(&api, "a1Ramp", &fleet("r"), "2.0.0").await;
+    let (_, builtin_pkg) = product(&api, "a1Base", &fleet("b"), "2.0.0").await;
+    let by_policy = api
+        .post(
+            &format!("/v1/packages/{by_policy_pkg}/rollouts"),
+            json!({"scope": {"kind": "all"}, "policies": {"rate": {"id": ramp["id"], "config": settings}}}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let mut builtin = settings.clone();
+    builtin["kind"] = json!("variable");
+    let by_builtin = api
+        .post(
+            &format!("/v1/packages/{builtin_pkg}/rollouts"),
+            json!({"scope": {"kind": "all"}, "rate": builtin}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&400) {
+        assert!(seen.len() < 200, "{seen:?}");
+        api.advance(3).await;
+        let a = api.counts(by_policy).await["pending"].as_u64().unwrap_or(0);
+        let b = api.counts(by_builtin).await["pending"]
+            .as_u64()
+            .unwrap_or(0);
+        assert_eq!(a, b, "after {seen:?}");
+        seen.push(a);
+    }
+    assert!(
+        seen.windows(2).any(|w| w[1] - w[0] > 5),
+        "the rate never grew: {seen:?}"
+    );
 }
