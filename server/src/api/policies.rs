@@ -191,7 +191,7 @@ pub(super) async fn check_attachments(
 /// allow-list, compiled, and each hook smoke-run under the production limits; then stored
 /// as the next version of `name`. A refused component gets 422 `policy_rejected` saying why.
 #[utoipa::path(tag = "policies", params(UploadQuery),
-    request_body(content = String, content_type = "application/wasm", description = "the component's bytes"),
+    request_body(content = String, content_type = "application/octet-stream", description = "the component's bytes (any content type is taken; `application/wasm` is the usual one)"),
     responses((status = 201, body = PolicyDto), (status = 400, body = E), (status = 403, body = E),
         (status = 413, body = E), (status = 422, body = E)))]
 #[post("/v1/policies")]

@@ -19,13 +19,13 @@ use crate::firmware::Firmware;
 use crate::metrics::Metrics;
 use crate::policy::{RateAction, RateStats};
 use crate::store::{ActiveRollout, Pick, PushTarget, Rollout, Store, StoreError, TaskReport};
-
-pub mod policies;
-pub use policies::Policies;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+pub mod policies;
+pub use policies::Policies;
 
 /// Approval calls per rollout and tick at most: a policy that defers nearly everything
 /// cannot make one tick walk the whole rollout.
