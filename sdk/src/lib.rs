@@ -91,6 +91,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+#[cfg(all(target_arch = "wasm32", feature = "bump-allocator"))]
+pub mod bump;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod guest;
