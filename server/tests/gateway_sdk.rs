@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::sdk::{Device, WAIT};
+use common::sdk::{raw_alink_client, Device, WAIT};
 use common::*;
 use ota_server::app::{start_gateway, Gateway};
 use ota_server::dispatch::router::{DeviceEvent, DeviceEventKind, MemoryOffers};
@@ -970,59 +970,7 @@ async fn raw_client(
     rumqttc::AsyncClient,
     mpsc::UnboundedReceiver<rumqttc::Publish>,
 ) {
-    raw_client_at(&f.pk, f.mqtt_port, name, secret).await
-}
-
-async fn raw_client_at(
-    pk: &str,
-    port: u16,
-    name: &str,
-    secret: &str,
-) -> (
-    rumqttc::AsyncClient,
-    mpsc::UnboundedReceiver<rumqttc::Publish>,
-) {
-    use hmac::{Hmac, Mac};
-    use rumqttc::{Event, MqttOptions, Packet};
-    let ts = rand::random::<u32>().to_string();
-    let content = format!("clientId{pk}&{name}deviceName{name}productKey{pk}timestamp{ts}");
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(content.as_bytes());
-    let mut o = MqttOptions::new(
-        format!("{pk}&{name}|securemode=3,signmethod=hmacsha1,timestamp={ts}|"),
-        "127.0.0.1",
-        port,
-    );
-    o.set_credentials(
-        format!("{name}&{pk}"),
-        hex::encode(mac.finalize().into_bytes()),
-    );
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
-    let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready, connected) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready);
-        loop {
-            match ev.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(p);
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, connected)
-        .await
-        .expect("connected in time")
-        .expect("connected");
-    (client, rx)
+    raw_alink_client(&f.pk, f.mqtt_port, name, secret).await
 }
 
 // DESIGN §8 (toward SPEC V4): through the embedded broker a device can neither listen on nor speak
@@ -1138,7 +1086,7 @@ async fn a_flooding_device_delays_no_other() {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let (flood, _rx) = raw_client_at(&pk, port, "flood", &flood_secret).await;
+                let (flood, _rx) = raw_alink_client(&pk, port, "flood", &flood_secret).await;
                 let topic = format!("/ota/device/progress/{pk}/flood");
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {

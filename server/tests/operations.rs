@@ -41,43 +41,6 @@ where
         .unwrap()
 }
 
-/// A second package (version 2.1.0, one file, no_need) of `product`.
-async fn second_package<S, B>(app: &S, key: &str, product: i64) -> i64
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let r = post(
-        app,
-        key,
-        &format!("/v1/products/{product}/packages"),
-        json!({"version": "2.1.0", "sign_method": "md5"}),
-    )
-    .await;
-    r.expect(201);
-    let id = r.json()["id"].as_i64().unwrap();
-    call_raw(
-        app,
-        Some(key),
-        "PUT",
-        &format!("/v1/packages/{id}/files/fw.bin"),
-        "application/octet-stream",
-        vec![5u8; 512],
-    )
-    .await
-    .expect(201);
-    call(
-        app,
-        Some(key),
-        "PATCH",
-        &format!("/v1/packages/{id}"),
-        Some(json!({"status": "no_need"})),
-    )
-    .await
-    .expect(200);
-    id
-}
-
 /// A rollout's tasks as the task list shows them, in list order.
 async fn tasks<S, B>(app: &S, key: &str, rollout: i64) -> Vec<Value>
 where
@@ -328,7 +291,14 @@ async fn cancel_a_rollout_its_strategy_a_packages_device_tasks_and_by_state(db: 
     let x = create(&app, key, p.package, sel(&["d00000", "d00001", "d00002"])).await;
     let y = create(&app, key, p.package, sel(&["d00003", "d00004"])).await;
     // d5's only task is of another package of the product
-    let other = second_package(&app, key, product_of(&app, key, p.package).await).await;
+    let other = package_with(
+        &app,
+        key,
+        product_of(&app, key, p.package).await,
+        json!({"version": "2.1.0", "sign_method": "md5"}),
+        &[("fw.bin", 512)],
+    )
+    .await;
     let z = create(&app, key, other, sel(&["d00005"])).await;
     advance(&app, key, 1).await;
     e.engine.apply_events(&[progress(&p, 2, 10)]).await.unwrap();
@@ -582,7 +552,14 @@ async fn status_of_rollouts_tasks_devices_and_packages(db: Db) {
     );
 
     // per device: all its tasks, of every rollout (d0 is also in a rollout of another package)
-    let other = second_package(&app, key, product_of(&app, key, f.package).await).await;
+    let other = package_with(
+        &app,
+        key,
+        product_of(&app, key, f.package).await,
+        json!({"version": "2.1.0", "sign_method": "md5"}),
+        &[("fw.bin", 512)],
+    )
+    .await;
     let z = create(
         &app,
         key,

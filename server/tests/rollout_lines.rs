@@ -8,7 +8,7 @@ mod common;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use common::fleet::*;
-use common::sdk::WAIT;
+use common::sdk::{raw_alink_client, WAIT};
 use common::*;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -64,46 +64,6 @@ where
     get(app, key, &format!("/v1/packages/{package}")).await["product_id"]
         .as_i64()
         .unwrap()
-}
-
-/// Creates a package of `product` from `body` with the given files (name, size), marked
-/// no_need; returns its id.
-async fn package_with<S, B>(
-    app: &S,
-    key: &str,
-    product: i64,
-    body: Value,
-    files: &[(&str, usize)],
-) -> i64
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let r = post(app, key, &format!("/v1/products/{product}/packages"), body).await;
-    r.expect(201);
-    let id = r.json()["id"].as_i64().unwrap();
-    for (name, size) in files {
-        call_raw(
-            app,
-            Some(key),
-            "PUT",
-            &format!("/v1/packages/{id}/files/{name}"),
-            "application/octet-stream",
-            vec![3u8; *size],
-        )
-        .await
-        .expect(201);
-    }
-    call(
-        app,
-        Some(key),
-        "PATCH",
-        &format!("/v1/packages/{id}"),
-        Some(json!({"status": "no_need"})),
-    )
-    .await
-    .expect(200);
-    id
 }
 
 /// Device names of a rollout's tasks, sorted.
@@ -613,60 +573,6 @@ fn tags_at_the_limits() -> serde_json::Map<String, Value> {
     t
 }
 
-/// A bare MQTT client signed in as a Link Kit device (as gateway_sdk.rs does); what the
-/// broker sends it arrives on the returned channel.
-async fn device_client(
-    port: u16,
-    pk: &str,
-    name: &str,
-    secret: &str,
-) -> (
-    rumqttc::AsyncClient,
-    mpsc::UnboundedReceiver<rumqttc::Publish>,
-) {
-    use hmac::{Hmac, Mac};
-    use rumqttc::{Event, MqttOptions, Packet};
-    let ts = rand::random::<u32>().to_string();
-    let content = format!("clientId{pk}&{name}deviceName{name}productKey{pk}timestamp{ts}");
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(content.as_bytes());
-    let mut o = MqttOptions::new(
-        format!("{pk}&{name}|securemode=3,signmethod=hmacsha1,timestamp={ts}|"),
-        "127.0.0.1",
-        port,
-    );
-    o.set_credentials(
-        format!("{name}&{pk}"),
-        hex::encode(mac.finalize().into_bytes()),
-    );
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
-    let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready, connected) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready);
-        loop {
-            match ev.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(p);
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, connected)
-        .await
-        .expect("connected in time")
-        .expect("connected");
-    (client, rx)
-}
-
 /// The next push a device receives (Link Kit upgrade topic), as JSON.
 async fn next_push(
     rx: &mut mpsc::UnboundedReceiver<rumqttc::Publish>,
@@ -757,7 +663,7 @@ async fn tags_are_limited_pushed_and_changed_while_running(db: Db) {
     // d0 connects and is pushed the package with the tags
     let port = e.gateway.embedded.as_ref().unwrap().tcp_addr.port();
     let secret = secrets(&app, key, product).await;
-    let (_d0, mut rx0) = device_client(port, &f.product_key, "d00000", &secret["d00000"]).await;
+    let (_d0, mut rx0) = raw_alink_client(&f.product_key, port, "d00000", &secret["d00000"]).await;
     let push = next_push(&mut rx0, &f.product_key, "d00000").await;
     assert_eq!(push["data"]["version"], "2.0.0", "{push}");
     assert_eq!(push["data"]["extData"], Value::Object(max.clone()));
@@ -776,7 +682,7 @@ async fn tags_are_limited_pushed_and_changed_while_running(db: Db) {
     assert_eq!(r.json()["tags"], json!({"campaign": "summer"}));
 
     // d1 connects after the change: its push carries the new tags
-    let (_d1, mut rx1) = device_client(port, &f.product_key, "d00001", &secret["d00001"]).await;
+    let (_d1, mut rx1) = raw_alink_client(&f.product_key, port, "d00001", &secret["d00001"]).await;
     let push = next_push(&mut rx1, &f.product_key, "d00001").await;
     assert_eq!(
         push["data"]["extData"],

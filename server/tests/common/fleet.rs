@@ -270,3 +270,43 @@ pub async fn task_row(
         r.try_get("", "failure_reason").unwrap(),
     )
 }
+
+/// Creates a package of `product` from `body` with the given files (name, size), marked
+/// no_need; returns its id.
+pub async fn package_with<S, B>(
+    app: &S,
+    key: &str,
+    product: i64,
+    body: Value,
+    files: &[(&str, usize)],
+) -> i64
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = post(app, key, &format!("/v1/products/{product}/packages"), body).await;
+    r.expect(201);
+    let id = r.json()["id"].as_i64().unwrap();
+    for (name, size) in files {
+        call_raw(
+            app,
+            Some(key),
+            "PUT",
+            &format!("/v1/packages/{id}/files/{name}"),
+            "application/octet-stream",
+            vec![3u8; *size],
+        )
+        .await
+        .expect(201);
+    }
+    call(
+        app,
+        Some(key),
+        "PATCH",
+        &format!("/v1/packages/{id}"),
+        Some(json!({"status": "no_need"})),
+    )
+    .await
+    .expect(200);
+    id
+}

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
 
 /// How long a test waits for any one thing a device does.
 pub const WAIT: Duration = Duration::from_secs(40);
@@ -121,4 +122,59 @@ impl Device {
             .code()
             .unwrap_or(-1)
     }
+}
+
+/// A bare MQTT client signed in as a Link Kit device of product `pk` (HMAC-SHA1, as the
+/// SDKs sign), connected to the embedded broker on `port`; what the broker sends it arrives
+/// on the returned channel.
+pub async fn raw_alink_client(
+    pk: &str,
+    port: u16,
+    name: &str,
+    secret: &str,
+) -> (
+    rumqttc::AsyncClient,
+    mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    use hmac::{Hmac, Mac};
+    use rumqttc::{Event, MqttOptions, Packet};
+    let ts = rand::random::<u32>().to_string();
+    let content = format!("clientId{pk}&{name}deviceName{name}productKey{pk}timestamp{ts}");
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(content.as_bytes());
+    let mut o = MqttOptions::new(
+        format!("{pk}&{name}|securemode=3,signmethod=hmacsha1,timestamp={ts}|"),
+        "127.0.0.1",
+        port,
+    );
+    o.set_credentials(
+        format!("{name}&{pk}"),
+        hex::encode(mac.finalize().into_bytes()),
+    );
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut ev) = rumqttc::AsyncClient::new(o, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready, connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready);
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, connected)
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    (client, rx)
 }
