@@ -30,17 +30,6 @@ where
     r.json()
 }
 
-/// The product a package belongs to.
-async fn product_of<S, B>(app: &S, key: &str, package: i64) -> i64
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    get(app, key, &format!("/v1/packages/{package}")).await["product_id"]
-        .as_i64()
-        .unwrap()
-}
-
 /// A rollout's tasks as the task list shows them, in list order.
 async fn tasks<S, B>(app: &S, key: &str, rollout: i64) -> Vec<Value>
 where

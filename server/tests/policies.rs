@@ -60,24 +60,6 @@ where
     r.json()["id"].as_i64().unwrap()
 }
 
-/// The rollout's audit events (rollout-level), oldest first.
-async fn events<S, B>(app: &S, key: &str, id: i64) -> Vec<Value>
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let r = call(
-        app,
-        Some(key),
-        "GET",
-        &format!("/v1/rollouts/{id}/events?limit=1000"),
-        None,
-    )
-    .await;
-    r.expect(200);
-    r.json()["items"].as_array().unwrap().clone()
-}
-
 async fn key_of_role<S, B>(app: &S, admin: &str, role: &str) -> String
 where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -574,7 +556,7 @@ async fn failing_policies_pause_only_their_own_rollout(db: Db) {
     }
     let r = rollout(&app, key, bad).await;
     assert_eq!(r["state"], "paused");
-    let ev = events(&app, key, bad).await;
+    let ev = rollout_events(&app, key, bad).await;
     let failed: Vec<&Value> = ev
         .iter()
         .filter(|e| e["event"] == "policy_failed")
@@ -619,7 +601,7 @@ async fn failing_policies_pause_only_their_own_rollout(db: Db) {
     let r = rollout(&app, key, dynamic).await;
     assert_eq!(r["state"], "paused", "{r}");
     assert_eq!(r["tasks_created"], 0);
-    let ev = events(&app, key, dynamic).await;
+    let ev = rollout_events(&app, key, dynamic).await;
     let pause = ev.iter().find(|e| e["event"] == "pause").unwrap();
     assert!(
         pause["detail"]

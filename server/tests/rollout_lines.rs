@@ -30,21 +30,6 @@ where
     r.json()
 }
 
-async fn patch<S, B>(app: &S, key: &str, id: i64, body: Value) -> Reply
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    call(
-        app,
-        Some(key),
-        "PATCH",
-        &format!("/v1/rollouts/{id}"),
-        Some(body),
-    )
-    .await
-}
-
 async fn cancel<S, B>(app: &S, key: &str, id: i64)
 where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -53,17 +38,6 @@ where
     post(app, key, &format!("/v1/rollouts/{id}/cancel"), json!({}))
         .await
         .expect(200);
-}
-
-/// The product a package belongs to.
-async fn product_of<S, B>(app: &S, key: &str, package: i64) -> i64
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    get(app, key, &format!("/v1/packages/{package}")).await["product_id"]
-        .as_i64()
-        .unwrap()
 }
 
 /// Device names of a rollout's tasks, sorted.
@@ -267,7 +241,7 @@ async fn source_versions_at_creation_and_while_a_dynamic_rollout_runs(db: Db) {
         json!(["1.1.0"])
     );
     assert_eq!(task_devices(&app, key, id).await, dn(&[1]));
-    let r = patch(
+    let r = patch_rollout(
         &app,
         key,
         id,
@@ -290,7 +264,7 @@ async fn source_versions_at_creation_and_while_a_dynamic_rollout_runs(db: Db) {
     advance(&app, key, 1).await;
     e.engine.apply_events(&[progress(&f, 4, 10)]).await.unwrap();
     // an added version brings in the devices on it now …
-    let r = patch(
+    let r = patch_rollout(
         &app,
         key,
         id,
@@ -320,7 +294,7 @@ async fn source_versions_at_creation_and_while_a_dynamic_rollout_runs(db: Db) {
     let before = task_states(&app, key, id).await;
     assert_eq!(before["d00000"], "pushed");
     assert_eq!(before["d00004"], "in_progress");
-    let r = patch(&app, key, id, json!({"source_versions": ["1.2.0"]})).await;
+    let r = patch_rollout(&app, key, id, json!({"source_versions": ["1.2.0"]})).await;
     r.expect(200);
     assert_eq!(r.json()["source_versions"], json!(["1.2.0"]));
     assert_eq!(r.json()["tasks_created"], 5);
@@ -342,7 +316,7 @@ async fn source_versions_at_creation_and_while_a_dynamic_rollout_runs(db: Db) {
         .unwrap();
     assert_eq!(task_devices(&app, key, id).await, dn(&[0, 2, 3, 4, 8]));
     // a full dynamic rollout keeps at least one version
-    let r = patch(&app, key, id, json!({"source_versions": []})).await;
+    let r = patch_rollout(&app, key, id, json!({"source_versions": []})).await;
     r.expect(400);
     assert_eq!(r.json()["field"], "source_versions");
 
@@ -361,7 +335,7 @@ async fn source_versions_at_creation_and_while_a_dynamic_rollout_runs(db: Db) {
                "source_versions": ["1.0.0"]}),
     )
     .await;
-    let r = patch(
+    let r = patch_rollout(
         &app,
         key,
         grouped,
@@ -376,7 +350,7 @@ async fn source_versions_at_creation_and_while_a_dynamic_rollout_runs(db: Db) {
     );
     let h = fleet_named(&e, &app, "pump", 1, true, true).await;
     let st = create(&app, key, h.package, json!({"scope": all})).await;
-    let r = patch(&app, key, st, json!({"source_versions": ["1.0.0"]})).await;
+    let r = patch_rollout(&app, key, st, json!({"source_versions": ["1.0.0"]})).await;
     r.expect(400);
     assert_eq!(r.json()["field"], "source_versions");
 }
@@ -455,7 +429,7 @@ async fn devices_on_the_target_version_never_get_a_task(db: Db) {
     )
     .await;
     assert_eq!(task_devices(&app, key, dz).await, dn(&[0, 5]));
-    let r = patch(
+    let r = patch_rollout(
         &app,
         key,
         dz,
@@ -670,13 +644,13 @@ async fn tags_are_limited_pushed_and_changed_while_running(db: Db) {
     assert_eq!(task_row(&e, id, f.devices[0]).await.0, "pushed");
 
     // the tags change while the rollout runs, by the same rules
-    let r = patch(&app, key, id, json!({"tags": eleven})).await;
+    let r = patch_rollout(&app, key, id, json!({"tags": eleven})).await;
     r.expect(400);
     assert_eq!(r.json()["field"], "tags");
-    let r = patch(&app, key, id, json!({"tags": {"bad key": "x"}})).await;
+    let r = patch_rollout(&app, key, id, json!({"tags": {"bad key": "x"}})).await;
     r.expect(400);
     assert_eq!(r.json()["field"], "tags.bad key");
-    let r = patch(&app, key, id, json!({"tags": {"campaign": "summer"}})).await;
+    let r = patch_rollout(&app, key, id, json!({"tags": {"campaign": "summer"}})).await;
     r.expect(200);
     assert_eq!(r.json()["state"], "running");
     assert_eq!(r.json()["tags"], json!({"campaign": "summer"}));

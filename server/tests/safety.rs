@@ -21,24 +21,6 @@ db_tests!(
     force_reinstall_pushes_to_devices_already_on_the_target,
 );
 
-/// The rollout's audit events (rollout-level), newest last.
-async fn events<S, B>(app: &S, key: &str, id: i64) -> Vec<Value>
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let r = call(
-        app,
-        Some(key),
-        "GET",
-        &format!("/v1/rollouts/{id}/events?limit=1000"),
-        None,
-    )
-    .await;
-    r.expect(200);
-    r.json()["items"].as_array().unwrap().clone()
-}
-
 fn has_event(events: &[Value], kind: &str, detail_has: &str) -> bool {
     events
         .iter()
@@ -125,7 +107,7 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
         json!({"succeeded": 8, "failed": 2, "timed_out": 0, "rejected": 0})
     );
     assert!(r["abort_rules"][0]["fired_at"].is_string());
-    let ev = events(&app, key, id).await;
+    let ev = rollout_events(&app, key, id).await;
     assert!(
         has_event(&ev, "pause", "2 of 10 finished tasks failed (20.00%)"),
         "{ev:?}"
@@ -166,7 +148,7 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
         "the five pushed since the resume were cancelled with the rest"
     );
     assert!(has_event(
-        &events(&app, key, id).await,
+        &rollout_events(&app, key, id).await,
         "cancel",
         "2 of 10 finished tasks failed, timed out or were rejected"
     ));
@@ -204,7 +186,7 @@ async fn abort_rules_stop_a_rollout_when_failures_rise(db: Db) {
         "2 of 4 timed out; 1 of 4 rejected is under 50 %"
     );
     assert!(has_event(
-        &events(&app, key, id).await,
+        &rollout_events(&app, key, id).await,
         "cancel",
         "rule 2: abort rule (timed_out >= 50% after 4 finished tasks, then cancel) fired: 2 of 4 finished tasks timed out"
     ));
@@ -343,7 +325,7 @@ async fn waves_start_on_their_success_threshold_or_by_hand(db: Db) {
     advance(&app, key, 9).await;
     assert_eq!(pushed_total(&app, key, id).await, 10 + 10);
     assert!(has_event(
-        &events(&app, key, id).await,
+        &rollout_events(&app, key, id).await,
         "wave_started",
         "wave 2 of 3 started: wave 1 reached its success threshold: 8 of 10 tasks succeeded"
     ));
@@ -474,7 +456,7 @@ async fn windows_push_only_inside_and_follow_daylight_saving(db: Db) {
             assert_eq!(pushed_total(&app, key, cancel).await, 600, "{r}");
             assert_eq!(r["counts"]["cancelled"], 100);
             assert!(has_event(
-                &events(&app, key, cancel).await,
+                &rollout_events(&app, key, cancel).await,
                 "window_closed",
                 "100 tasks not yet pushed cancelled"
             ));
@@ -547,7 +529,7 @@ async fn withdrawing_a_package_stops_every_rollout_of_it(db: Db) {
     );
     assert_eq!(r["counts"]["failed"], 1);
     assert!(has_event(
-        &events(&app, key, first).await,
+        &rollout_events(&app, key, first).await,
         "withdrawn",
         "bricks meters on rev B boards; 99 unfinished tasks cancelled"
     ));

@@ -739,21 +739,6 @@ async fn dynamic_rollouts_take_devices_that_come_to_match(db: Db) {
     assert_eq!(rollout(&app, key, fresh).await["tasks_created"], 1);
 }
 
-async fn patch<S, B>(app: &S, key: &str, id: i64, body: Value) -> Reply
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    call(
-        app,
-        Some(key),
-        "PATCH",
-        &format!("/v1/rollouts/{id}"),
-        Some(body),
-    )
-    .await
-}
-
 // SPEC R6
 // SPEC R16
 // The rate of a running rollout changes but not its kind; a dynamic rollout's source
@@ -784,7 +769,7 @@ async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
     advance(&app, key, 5).await;
     assert_eq!(pushed_total(&app, key, id).await, 5);
     // R6: a faster constant rate takes effect from the next tick
-    let r = patch(
+    let r = patch_rollout(
         &app,
         key,
         id,
@@ -796,7 +781,7 @@ async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
     advance(&app, key, 1).await;
     assert_eq!(pushed_total(&app, key, id).await, 15);
     // … but not its kind
-    let r = patch(
+    let r = patch_rollout(
         &app,
         key,
         id,
@@ -806,11 +791,11 @@ async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
     r.expect(400);
     assert_eq!(r.json()["field"], "rate.kind");
     // R16: the timeout; tasks made before keep 10 minutes, new ones take 20
-    patch(&app, key, id, json!({"timeout_minutes": 20}))
+    patch_rollout(&app, key, id, json!({"timeout_minutes": 20}))
         .await
         .expect(200);
     // B9: an added version brings in the 10 devices already on it
-    let r = patch(
+    let r = patch_rollout(
         &app,
         key,
         id,
@@ -835,7 +820,7 @@ async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
         "made after it"
     );
     // removed: tasks made from now on have no timeout
-    patch(&app, key, id, json!({"timeout_minutes": null}))
+    patch_rollout(&app, key, id, json!({"timeout_minutes": null}))
         .await
         .expect(200);
     assert_eq!(rollout(&app, key, id).await["timeout_minutes"], Value::Null);
@@ -848,14 +833,14 @@ async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
         .unwrap();
     assert_eq!(task_row(&e, id, f.devices[35]).await.2, None);
     // R15: tags change while it runs, by the tag rules
-    let r = patch(&app, key, id, json!({"tags": {"b": "2"}})).await;
+    let r = patch_rollout(&app, key, id, json!({"tags": {"b": "2"}})).await;
     r.expect(200);
     assert_eq!(r.json()["tags"], json!({"b": "2"}));
-    let r = patch(&app, key, id, json!({"tags": {"bad key": "x"}})).await;
+    let r = patch_rollout(&app, key, id, json!({"tags": {"bad key": "x"}})).await;
     r.expect(400);
     // B9: a removed version leaves the tasks of devices on it alone, and takes no more
     let before = rollout(&app, key, id).await;
-    patch(&app, key, id, json!({"source_versions": ["1.1.0"]}))
+    patch_rollout(&app, key, id, json!({"source_versions": ["1.1.0"]}))
         .await
         .expect(200);
     let ev = vec![reported(&e, &f, 36, "1.0.0").await];
@@ -878,16 +863,16 @@ async fn a_running_rollout_changes_rate_sources_timeout_and_tags(db: Db) {
                "source_versions": ["1.0.0"]}),
     )
     .await;
-    let r = patch(&app, key, grouped, json!({"source_versions": ["1.1.0"]})).await;
+    let r = patch_rollout(&app, key, grouped, json!({"source_versions": ["1.1.0"]})).await;
     r.expect(400);
     assert_eq!(r.json()["field"], "source_versions");
     // a static rollout's source versions and timeout do not change
     let g = fleet(&e, &app, 1, true, true).await;
     let st = create(&app, key, g.package, json!({"scope": {"kind": "all"}})).await;
-    let r = patch(&app, key, st, json!({"source_versions": ["1.0.0"]})).await;
+    let r = patch_rollout(&app, key, st, json!({"source_versions": ["1.0.0"]})).await;
     r.expect(400);
     assert_eq!(r.json()["field"], "source_versions");
-    let r = patch(&app, key, st, json!({"timeout_minutes": 5})).await;
+    let r = patch_rollout(&app, key, st, json!({"timeout_minutes": 5})).await;
     r.expect(400);
     assert_eq!(r.json()["field"], "timeout_minutes");
 }

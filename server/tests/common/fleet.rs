@@ -310,3 +310,55 @@ where
     .expect(200);
     id
 }
+
+/// The product a package belongs to.
+pub async fn product_of<S, B>(app: &S, key: &str, package: i64) -> i64
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = call(
+        app,
+        Some(key),
+        "GET",
+        &format!("/v1/packages/{package}"),
+        None,
+    )
+    .await;
+    r.expect(200);
+    r.json()["product_id"].as_i64().unwrap()
+}
+
+/// `PATCH /v1/rollouts/{id}` with `body`.
+pub async fn patch_rollout<S, B>(app: &S, key: &str, id: i64, body: Value) -> Reply
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    call(
+        app,
+        Some(key),
+        "PATCH",
+        &format!("/v1/rollouts/{id}"),
+        Some(body),
+    )
+    .await
+}
+
+/// A rollout's audit events (rollout-level), oldest first.
+pub async fn rollout_events<S, B>(app: &S, key: &str, id: i64) -> Vec<Value>
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let r = call(
+        app,
+        Some(key),
+        "GET",
+        &format!("/v1/rollouts/{id}/events?limit=1000"),
+        None,
+    )
+    .await;
+    r.expect(200);
+    r.json()["items"].as_array().unwrap().clone()
+}
