@@ -7,6 +7,7 @@ mod m20261201_000001_rollouts;
 mod m20261204_000001_scheduler;
 mod m20261204_000002_safety;
 mod m20261205_000001_policies;
+mod m20261205_000002_hot_keys;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_scheduler::Migration),
             Box::new(m20261204_000002_safety::Migration),
             Box::new(m20261205_000001_policies::Migration),
+            Box::new(m20261205_000002_hot_keys::Migration),
         ]
     }
 }

@@ -18,6 +18,7 @@ db_tests!(
     cancel_a_rollout_its_strategy_a_packages_device_tasks_and_by_state,
     status_of_rollouts_tasks_devices_and_packages,
     every_state_change_is_recorded_with_its_cause,
+    deleting_a_device_or_a_package_leaves_no_rows_behind,
 );
 
 async fn get<S, B>(app: &S, key: &str, path: &str) -> Value
@@ -952,5 +953,137 @@ async fn every_state_change_is_recorded_with_its_cause(db: Db) {
             row("task_state", "waiting", "pushed", "policy", ""),
             row("task_state", "pushed", "cancelled", "api", &admin_who),
         ]
+    );
+}
+
+/// Rows of `table` matching `cond`, read directly.
+async fn rows_where(e: &EngineCtx, table: &str, cond: &str) -> i64 {
+    let db = e.t.store.raw_connection();
+    let r = db
+        .query_one(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table} WHERE {cond}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    r.try_get("", "n").unwrap()
+}
+
+// PostgreSQL keeps no foreign keys on tasks, their events, list members and version reports
+// (migration `hot_keys`): the deletes that cascaded delete them explicitly. On both
+// databases, a deleted device takes its tasks, their audit rows, its list memberships and
+// its version history with it, and its rollout's status still reads; a deleted package takes
+// its finished rollouts' tasks and events, and leaves other packages' rows alone.
+async fn deleting_a_device_or_a_package_leaves_no_rows_behind(db: Db) {
+    let e = EngineCtx::new(db).await;
+    let app = e.t.service().await;
+    let admin = e.t.admin.as_str();
+    let f = fleet(&e, &app, 3, true, true).await;
+    let product = product_of(&app, admin, f.package).await;
+    let r = call_raw(
+        &app,
+        Some(admin),
+        "POST",
+        &format!("/v1/products/{product}/device-lists"),
+        "text/csv",
+        "deviceName\nd00000\nd00001\nd00002\n",
+    )
+    .await;
+    r.expect(201);
+    let list = r.json()["id"].as_i64().unwrap();
+    let id = create(
+        &app,
+        admin,
+        f.package,
+        json!({"scope": {"kind": "selected", "device_list_id": list}}),
+    )
+    .await;
+    advance(&app, admin, 1).await;
+    assert_eq!(count(&app, admin, id, "pushed").await, 3);
+    e.engine
+        .apply_events(&[progress(&f, 0, 10), progress(&f, 1, 10)])
+        .await
+        .unwrap();
+    e.engine
+        .apply_events(&[inform(&f, 0, "2.0.0"), inform(&f, 1, "2.0.0")])
+        .await
+        .unwrap();
+    let gone = f.devices[0];
+    let of_gone = format!("device_id = {gone}");
+    let events_of_gone = format!("task_id IN (SELECT id FROM task WHERE device_id = {gone})");
+    assert_eq!(rows_where(&e, "task", &of_gone).await, 1);
+    assert!(rows_where(&e, "task_event", &events_of_gone).await >= 3);
+    assert_eq!(rows_where(&e, "device_list_member", &of_gone).await, 1);
+    assert_eq!(rows_where(&e, "version_report", &of_gone).await, 1);
+
+    call(
+        &app,
+        Some(admin),
+        "DELETE",
+        &format!("/v1/devices/{gone}"),
+        None,
+    )
+    .await
+    .expect(204);
+    call(
+        &app,
+        Some(admin),
+        "DELETE",
+        &format!("/v1/devices/{gone}"),
+        None,
+    )
+    .await
+    .expect(404);
+    for table in ["task", "device_list_member", "version_report"] {
+        assert_eq!(rows_where(&e, table, &of_gone).await, 0, "{table}");
+    }
+    let orphans = "task_id NOT IN (SELECT id FROM task)";
+    assert_eq!(rows_where(&e, "task_event", orphans).await, 0);
+    // the others' rows stay, and the rollout reads without the device
+    let d1 = f.devices[1];
+    assert_eq!(
+        rows_where(&e, "task", &format!("device_id = {d1}")).await,
+        1
+    );
+    assert_eq!(
+        rows_where(&e, "version_report", &format!("device_id = {d1}")).await,
+        1
+    );
+    assert_eq!(tasks(&app, admin, id).await.len(), 2);
+    assert_eq!(count(&app, admin, id, "succeeded").await, 1);
+
+    // a second package with its own (unfinished) rollout over the remaining devices
+    let other = package_with(
+        &app,
+        admin,
+        product,
+        json!({"version": "3.0.0"}),
+        &[("fw.bin", 1024)],
+    )
+    .await;
+    let kept = create(&app, admin, other, json!({"scope": {"kind": "all"}})).await;
+    let kept_tasks = rows_where(&e, "task", &format!("rollout_id = {kept}")).await;
+    assert!(kept_tasks > 0);
+    // the first rollout is finished by cancelling it; then its package may go
+    post(&app, admin, &format!("/v1/rollouts/{id}/cancel"), json!({}))
+        .await
+        .expect(200);
+    call(
+        &app,
+        Some(admin),
+        "DELETE",
+        &format!("/v1/packages/{}", f.package),
+        None,
+    )
+    .await
+    .expect(204);
+    let of_rollout = format!("rollout_id = {id}");
+    assert_eq!(rows_where(&e, "task", &of_rollout).await, 0);
+    assert_eq!(rows_where(&e, "task_event", &of_rollout).await, 0);
+    assert_eq!(rows_where(&e, "task_event", orphans).await, 0);
+    assert_eq!(
+        rows_where(&e, "task", &format!("rollout_id = {kept}")).await,
+        kept_tasks
     );
 }

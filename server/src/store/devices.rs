@@ -105,15 +105,32 @@ impl Store {
             .ok_or(StoreError::NotFound("device"))
     }
 
+    /// Deletes a device with its tasks, their audit rows, its list memberships and its
+    /// version history. These go explicitly: on PostgreSQL those tables have no foreign key
+    /// to cascade (see the migration `hot_keys`). The tenant lock keeps a rollout being
+    /// created or joined meanwhile from giving the device a task.
     pub async fn delete_device(&self, tenant: TenantId, id: DeviceId) -> StoreResult<()> {
-        let res = device::Entity::delete_many()
-            .filter(device::Column::Id.eq(id.0))
+        let txn = self.begin_write().await?;
+        super::search::lock_tenant(&txn, tenant).await?;
+        let found = device::Entity::find_by_id(id.0)
             .filter(device::Column::TenantId.eq(tenant.0))
-            .exec(self.db())
+            .count(&txn)
             .await?;
-        if res.rows_affected == 0 {
+        if found == 0 {
             return Err(StoreError::NotFound("device"));
         }
+        let backend = txn.get_database_backend();
+        for sql in [
+            "DELETE FROM task_event WHERE task_id IN (SELECT id FROM task WHERE device_id = ?)",
+            "DELETE FROM task WHERE device_id = ?",
+            "DELETE FROM device_list_member WHERE device_id = ?",
+            "DELETE FROM version_report WHERE device_id = ?",
+            "DELETE FROM device WHERE id = ?",
+        ] {
+            txn.execute(super::rollouts::stmt(backend, sql, vec![id.0.into()]))
+                .await?;
+        }
+        txn.commit().await?;
         Ok(())
     }
 

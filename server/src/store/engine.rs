@@ -184,28 +184,67 @@ pub(super) async fn transition(
     Ok(rows)
 }
 
-/// `(?, ?, ?, ?), …` rows of (device_id, module, version, at), typed so that PostgreSQL
-/// reads the first and last as bigints.
+/// The rows (device_id, module, version, at) as a query for `WITH v(…) AS (…)`. SQLite
+/// gets `VALUES (?, ?, ?, ?), …`; PostgreSQL gets four text parameters unnested in
+/// parallel (see [`ids_in`] for why; modules and versions hold no comma).
 fn version_values<'a>(
-    rows: impl Iterator<Item = (i64, &'a str, &'a str, Millis)>,
+    backend: DbBackend,
+    rows: &[(i64, &'a str, &'a str, Millis)],
 ) -> (String, Vec<Value>) {
-    let mut sql = String::new();
+    if backend == DbBackend::Postgres {
+        return (
+            "SELECT * FROM unnest(CAST(string_to_array(?, ',') AS BIGINT[]), \
+             string_to_array(?, ','), string_to_array(?, ','), \
+             CAST(string_to_array(?, ',') AS BIGINT[]))"
+                .to_owned(),
+            vec![
+                joined(rows.iter().map(|r| r.0)).into(),
+                joined(rows.iter().map(|r| r.1)).into(),
+                joined(rows.iter().map(|r| r.2)).into(),
+                joined(rows.iter().map(|r| r.3)).into(),
+            ],
+        );
+    }
+    let mut sql = String::from("VALUES ");
     let mut vals = Vec::new();
-    for (i, (d, m, v, at)) in rows.enumerate() {
+    for (i, (d, m, v, at)) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(CAST(? AS BIGINT), ?, ?, CAST(? AS BIGINT))");
-        vals.extend([Value::from(d), m.into(), v.into(), Value::from(at)]);
+        sql.push_str("(?, ?, ?, ?)");
+        vals.extend([Value::from(*d), (*m).into(), (*v).into(), Value::from(*at)]);
     }
     (sql, vals)
 }
 
-fn ids_in(ids: &[i64]) -> (String, Vec<Value>) {
+/// What goes inside `column IN (…)` for `ids`, with its parameters. On PostgreSQL the ids
+/// travel as one text parameter that the server splits: the statement's text is then the
+/// same for every batch size, so it is parsed and planned once per connection instead of
+/// once per batch, and binding thousands of parameters (which cost more than the update
+/// they fed) goes away. SQLite binds parameters in-process for nothing.
+fn ids_in(backend: DbBackend, ids: &[i64]) -> (String, Vec<Value>) {
+    if backend == DbBackend::Postgres {
+        return (
+            "SELECT unnest(CAST(string_to_array(?, ',') AS BIGINT[]))".to_owned(),
+            vec![joined(ids.iter()).into()],
+        );
+    }
     (
         placeholders(ids.len()),
         ids.iter().map(|i| (*i).into()).collect(),
     )
+}
+
+/// Items joined by commas (none of the values so passed can hold one).
+fn joined<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let mut out = String::new();
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&item.to_string());
+    }
+    out
 }
 
 fn timer() -> Actor {
@@ -431,7 +470,7 @@ impl Store {
                 "ORDER BY t.id LIMIT ?".to_owned()
             }
             Pick::Ids(ids) => {
-                let (ph, v) = ids_in(ids);
+                let (ph, v) = ids_in(backend, ids);
                 vals.extend(v);
                 format!("AND t.id IN ({ph}) ORDER BY t.id")
             }
@@ -473,7 +512,7 @@ impl Store {
         ] {
             for chunk in group.chunks(MAX_BIND_PARAMS / 2) {
                 let ids: Vec<i64> = chunk.iter().map(|t| t.task_id).collect();
-                let (ph, vals) = ids_in(&ids);
+                let (ph, vals) = ids_in(backend, &ids);
                 let moved = transition(
                     &txn,
                     &format!("id IN ({ph}) AND state = 'waiting'"),
@@ -530,7 +569,7 @@ impl Store {
         };
         for chunk in devices.chunks(MAX_BIND_PARAMS / 4) {
             let ids: Vec<i64> = chunk.iter().map(|d| d.0).collect();
-            let (ph, vals) = ids_in(&ids);
+            let (ph, vals) = ids_in(backend, &ids);
             // the move first, then what to send is read by the tasks moved (and, on a
             // reconnect, those pushed before): a release committed meanwhile is not missed
             let moved = transition(
@@ -889,7 +928,7 @@ impl Store {
         let dev = device_actor();
         for ((module, percent, desc), devices) in progress {
             for chunk in devices.chunks(MAX_BIND_PARAMS / 2) {
-                let (ph, mut vals) = ids_in(chunk);
+                let (ph, mut vals) = ids_in(txn.get_database_backend(), chunk);
                 let mut filter =
                     format!("device_id IN ({ph}) AND state IN ('pushed', 'in_progress')");
                 if let Some(m) = &module {
@@ -928,7 +967,7 @@ impl Store {
                 TaskState::Failed
             };
             for chunk in devices.chunks(MAX_BIND_PARAMS / 2) {
-                let (ph, mut vals) = ids_in(chunk);
+                let (ph, mut vals) = ids_in(txn.get_database_backend(), chunk);
                 let mut filter =
                     format!("device_id IN ({ph}) AND state IN ('pushed', 'in_progress')");
                 if let Some(m) = &module {
@@ -968,7 +1007,7 @@ impl Store {
         }
         for ((module, version), devices) in versions {
             for chunk in devices.chunks(MAX_BIND_PARAMS / 2) {
-                let (ph, vals) = ids_in(chunk);
+                let (ph, vals) = ids_in(txn.get_database_backend(), chunk);
                 let mut filter_vals = vals.clone();
                 filter_vals.push(module.clone().into());
                 filter_vals.push(version.clone().into());
@@ -1044,9 +1083,9 @@ impl Store {
             .map(|((d, m), (v, at))| (*d, *m, *v, *at))
             .collect();
         for chunk in rows.chunks(MAX_BIND_PARAMS / 4) {
-            let (values, vals) = version_values(chunk.iter().copied());
+            let (values, vals) = version_values(backend, chunk);
             let up = format!(
-                "WITH v(device_id, module, version, at) AS (VALUES {values}) \
+                "WITH v(device_id, module, version, at) AS ({values}) \
                  INSERT INTO device_module (device_id, module, tenant_id, product_id, version, updated_at) \
                  SELECT d.id, v.module, d.tenant_id, d.product_id, v.version, v.at FROM v \
                  JOIN device d ON d.id = v.device_id WHERE {allowed} \
@@ -1061,9 +1100,9 @@ impl Store {
             .map(|(d, m, v, at)| (d.0, m.as_str(), v.as_str(), *at))
             .collect();
         for chunk in all.chunks(MAX_BIND_PARAMS / 4) {
-            let (values, vals) = version_values(chunk.iter().copied());
+            let (values, vals) = version_values(backend, chunk);
             let hist = format!(
-                "WITH v(device_id, module, version, at) AS (VALUES {values}) \
+                "WITH v(device_id, module, version, at) AS ({values}) \
                  INSERT INTO version_report (tenant_id, device_id, module, version, reported_at) \
                  SELECT d.tenant_id, d.id, v.module, v.version, v.at FROM v \
                  JOIN device d ON d.id = v.device_id \

@@ -7,7 +7,8 @@ use super::{is_unique_violation, Page, PageRequest, Store, StoreError, StoreResu
 use crate::clock::Millis;
 use crate::domain::*;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 
 /// Filters of the package list; `None` means any.
@@ -233,6 +234,16 @@ impl Store {
             .filter(package_file::Column::PackageId.eq(p.id))
             .exec(&txn)
             .await?;
+        // Its finished rollouts go with it (their rows and events by cascade); their tasks
+        // explicitly, as PostgreSQL has no key to cascade them (migration `hot_keys`).
+        let backend = txn.get_database_backend();
+        for sql in [
+            "DELETE FROM task_event WHERE rollout_id IN (SELECT id FROM rollout WHERE package_id = ?)",
+            "DELETE FROM task WHERE rollout_id IN (SELECT id FROM rollout WHERE package_id = ?)",
+        ] {
+            txn.execute(super::rollouts::stmt(backend, sql, vec![p.id.into()]))
+                .await?;
+        }
         package::Entity::delete_by_id(p.id).exec(&txn).await?;
         txn.commit().await?;
         Ok(files.into_iter().map(to_package_file).collect())
